@@ -1,0 +1,82 @@
+//! Kafka client settings and partition-assignment tracking shared by the speed layer and the archiver.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+
+use crate::config::KafkaConfig;
+
+/// Consumer settings of both consumers: `group_id`, manual commits only (offsets are committed after the
+/// downstream write is durable), `earliest` reset for a new group, then the user's `[kafka.client]` overrides.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    for (k, v) in &kafka.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Producer settings: idempotent-safe defaults for `lambda produce`, then the user's overrides.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers).set("linger.ms", "5").set("message.timeout.ms", "30000");
+    for (k, v) in &kafka.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A consumer context that tracks which partitions this consumer owns.
+///
+/// Every assignment of a partition gets a new epoch; a consumer loop keeps the epoch its partition state was
+/// built under and drops that state (writing and sealing nothing more, DESIGN.md §4) when the partition is
+/// revoked or re-assigned.
+#[derive(Debug, Default)]
+pub struct AssignmentContext {
+    assigned: Mutex<HashMap<i32, u64>>,
+    next_epoch: AtomicU64,
+}
+
+impl AssignmentContext {
+    /// The epoch of the current assignment of `partition`, or `None` when it is not assigned here.
+    pub fn epoch(&self, partition: i32) -> Option<u64> {
+        self.assigned.lock().expect("assignment lock").get(&partition).copied()
+    }
+}
+
+impl ClientContext for AssignmentContext {}
+
+impl ConsumerContext for AssignmentContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut assigned = self.assigned.lock().expect("assignment lock");
+            for e in tpl.elements() {
+                assigned.remove(&e.partition());
+                tracing::info!(partition = e.partition(), "partition revoked");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut assigned = self.assigned.lock().expect("assignment lock");
+            for e in tpl.elements() {
+                let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+                assigned.insert(e.partition(), epoch);
+                tracing::info!(partition = e.partition(), epoch, "partition assigned");
+            }
+        }
+    }
+}

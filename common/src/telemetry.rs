@@ -1,0 +1,28 @@
+//! Logging (tracing) and the Prometheus recorder every layer's metrics go to.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the process-wide tracing subscriber (stderr; `RUST_LOG`-style `filter`, e.g. `info,rdkafka=warn`).
+/// Safe to call more than once: later calls do nothing.
+pub fn init_tracing(filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// The process-wide Prometheus recorder, installed on first use; `/metrics` renders it.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a global metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,331 @@
+//! HTTP handlers, parameter validation and error mapping.
+//!
+//! Bad parameters get 400 with `{"error":{"parameter":"<name>","message":"..."}}`; store failures get 500
+//! with a generic message (the detail goes to the log, never to the client).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use common::config::Config;
+use common::decimal::format_micros;
+use common::store::{Manifest, RowQuery, ViewStore};
+use common::view::{Granularity, View, ViewSet};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tracing::error;
+
+use crate::merge::{merge, Shape};
+use crate::metrics as m;
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    views: Arc<ViewSet>,
+    store: Arc<dyn ViewStore>,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn ViewStore>) -> Self {
+        AppState { views: Arc::new(ViewSet::new(&config)), config: Arc::new(config), store }
+    }
+}
+
+/// The API's routes: `/v1/*` (behind bearer auth when `serve.auth_tokens` is set), `/healthz`, `/metrics`.
+pub fn router(state: AppState) -> Router {
+    m::describe();
+    let v1 = Router::new()
+        .route("/v1/views", get(list_views))
+        .route("/v1/views/{view}", get(query_view))
+        .route("/v1/manifest", get(manifest))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// An API error: a bad parameter (400), missing auth (401), nothing to show (404) or an internal failure (500).
+#[derive(Debug)]
+pub enum ApiError {
+    BadParameter { parameter: String, message: String },
+    Unauthorized,
+    NotFound(String),
+    Internal(common::Error),
+}
+
+fn bad(parameter: &str, message: impl Into<String>) -> ApiError {
+    ApiError::BadParameter { parameter: parameter.to_owned(), message: message.into() }
+}
+
+impl From<common::Error> for ApiError {
+    fn from(e: common::Error) -> Self {
+        ApiError::Internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::BadParameter { parameter, message } => {
+                (StatusCode::BAD_REQUEST, Json(json!({"error": {"parameter": parameter, "message": message}})))
+                    .into_response()
+            }
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": {"message": "missing or invalid bearer token"}})),
+            )
+                .into_response(),
+            ApiError::NotFound(message) => {
+                (StatusCode::NOT_FOUND, Json(json!({"error": {"message": message}}))).into_response()
+            }
+            ApiError::Internal(e) => {
+                error!(error = %e, "request failed");
+                let status =
+                    if e.is_retryable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+                (status, Json(json!({"error": {"message": "internal error; see the server log"}}))).into_response()
+            }
+        }
+    }
+}
+
+async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let tokens = &state.config.serve.auth_tokens;
+    if !tokens.is_empty() {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|t| tokens.iter().any(|ok| ok == t)) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(m::REQUESTS, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(m::REQUEST_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            error!(error = %e, "health check: store unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unreachable"}))).into_response()
+        }
+    }
+}
+
+async fn prometheus() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], common::telemetry::prometheus().render()).into_response()
+}
+
+async fn list_views(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let views: Vec<_> = state
+        .views
+        .views
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "dimensions": v.dimensions,
+                "metrics": v.metric_names,
+                "granularities": v.granularities,
+                "parameters": {
+                    "granularity": "required: one of the view's granularities",
+                    "from": "optional RFC 3339 time; buckets starting at or after it",
+                    "to": "optional RFC 3339 time; buckets starting before it",
+                    "group_by": "optional comma-separated dimensions (default: all; empty: none)",
+                    "<dimension>": "optional equality filter on a dimension",
+                }
+            })
+        })
+        .collect();
+    Json(json!({ "views": views }))
+}
+
+async fn manifest(State(state): State<AppState>) -> Result<Json<Manifest>, ApiError> {
+    match state.store.current_manifest().await? {
+        Some(m) => Ok(Json(m)),
+        None => Err(ApiError::NotFound("no batch generation has been published yet".into())),
+    }
+}
+
+/// The manifest as reported with every answer.
+#[derive(Debug, Serialize)]
+pub struct ManifestRef {
+    pub generation: i64,
+    pub cutoffs: BTreeMap<i32, i64>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// One answer row; sums are exact decimals.
+#[derive(Debug, Serialize)]
+pub struct RowOut {
+    pub bucket_start: String,
+    pub dims: serde_json::Map<String, serde_json::Value>,
+    pub metrics: BTreeMap<String, Box<RawValue>>,
+    pub source: &'static str,
+}
+
+/// The answer of `GET /v1/views/{view}`.
+#[derive(Debug, Serialize)]
+pub struct ViewAnswer {
+    pub view: String,
+    pub granularity: Granularity,
+    pub manifest: Option<ManifestRef>,
+    pub rows: Vec<RowOut>,
+}
+
+struct ParsedQuery {
+    granularity: Granularity,
+    from: Option<i64>,
+    to: Option<i64>,
+    shape: Shape,
+}
+
+fn parse_time(parameter: &str, value: &str) -> Result<i64, ApiError> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp())
+        .map_err(|e| bad(parameter, format!("`{value}` is not an RFC 3339 time ({e}); e.g. 2019-11-01T00:00:00Z")))
+}
+
+fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, ApiError> {
+    let mut granularity = None;
+    let (mut from, mut to) = (None, None);
+    let mut group_by: Option<Vec<usize>> = None;
+    let mut filters = Vec::new();
+    for (name, value) in params {
+        match name.as_str() {
+            "granularity" => {
+                let g: Granularity = value.parse().map_err(|e: String| bad("granularity", e))?;
+                if !view.granularities.contains(&g) {
+                    return Err(bad("granularity", format!("view `{}` has no `{g}` granularity", view.name)));
+                }
+                granularity = Some(g);
+            }
+            "from" => from = Some(parse_time("from", value)?),
+            "to" => to = Some(parse_time("to", value)?),
+            "group_by" => {
+                let mut idx = Vec::new();
+                for d in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                    let i = view.dimensions.iter().position(|x| x == d).ok_or_else(|| {
+                        bad(
+                            "group_by",
+                            format!("`{d}` is not a dimension of `{}` ({})", view.name, view.dimensions.join(", ")),
+                        )
+                    })?;
+                    idx.push(i);
+                }
+                group_by = Some(idx);
+            }
+            dim => {
+                let i = view.dimensions.iter().position(|x| x == dim).ok_or_else(|| {
+                    bad(
+                        dim,
+                        format!(
+                            "unknown parameter or dimension `{dim}`; `{}` has dimensions {} and parameters granularity, from, to, group_by",
+                            view.name,
+                            view.dimensions.join(", ")
+                        ),
+                    )
+                })?;
+                filters.push((i, value.clone()));
+            }
+        }
+    }
+    let granularity = granularity.ok_or_else(|| bad("granularity", "required: one of minute, hour, day"))?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            return Err(bad("from", "`from` must be before `to`"));
+        }
+    }
+    Ok(ParsedQuery {
+        granularity,
+        from,
+        to,
+        shape: Shape { filters, group_by: group_by.unwrap_or_else(|| (0..view.dimensions.len()).collect()) },
+    })
+}
+
+async fn query_view(
+    State(state): State<AppState>,
+    Path(view_name): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<ViewAnswer>, ApiError> {
+    let view = state.views.get(&view_name).ok_or_else(|| {
+        let known: Vec<&str> = state.views.views.iter().map(|v| v.name.as_str()).collect();
+        bad("view", format!("unknown view `{view_name}`; known views: {}", known.join(", ")))
+    })?;
+    let q = parse_query(view, &params)?;
+    let manifest = state.store.current_manifest().await?;
+    let rq = RowQuery { view: view.name.clone(), granularity: q.granularity, from: q.from, to: q.to };
+    let batch = match &manifest {
+        Some(m) => state.store.batch_rows(m.generation, &rq).await?,
+        None => Vec::new(),
+    };
+    let speed = state.store.speed_rows(&rq).await?;
+    let merged = merge(manifest.as_ref(), &batch, &speed, &q.shape);
+    let rows = merged
+        .into_iter()
+        .map(|r| RowOut {
+            bucket_start: DateTime::from_timestamp(r.bucket_start, 0)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_default(),
+            dims: q
+                .shape
+                .group_by
+                .iter()
+                .zip(r.dims)
+                .map(|(&i, v)| {
+                    (view.dimensions[i].clone(), v.map_or(serde_json::Value::Null, serde_json::Value::String))
+                })
+                .collect(),
+            metrics: view
+                .metric_names
+                .iter()
+                .zip(&view.metrics)
+                .zip(&r.metrics)
+                .map(|((name, metric), &v)| {
+                    let text = if metric.is_decimal() { format_micros(v) } else { v.to_string() };
+                    (name.clone(), RawValue::from_string(text).expect("decimal text is a JSON number"))
+                })
+                .collect(),
+            source: r.source.as_str(),
+        })
+        .collect();
+    Ok(Json(ViewAnswer {
+        view: view.name.clone(),
+        granularity: q.granularity,
+        manifest: manifest.map(|m| ManifestRef {
+            generation: m.generation,
+            cutoffs: m.cutoffs,
+            finished_at: m.finished_at,
+        }),
+        rows,
+    }))
+}

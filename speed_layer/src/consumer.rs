@@ -1,0 +1,330 @@
+//! The speed layer's consumer loop.
+//!
+//! Offsets are committed only after the segment's rows and its seal are durable in the view store, so the
+//! committed offset is always the start of the open segment; on (re)assignment the open segment is replayed
+//! from there, and a recorded seal for that start fixes its end (DESIGN.md §4).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::config::Config;
+use common::dead_letter;
+use common::kafka::{consumer_config, AssignmentContext};
+use common::schema::Decoder;
+use common::store::{Seal, SpeedRow, ViewStore};
+use common::view::ViewSet;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics as m;
+use crate::segment::{Applied, Limits, Segment};
+use crate::{Error, Result};
+
+type Kafka = StreamConsumer<AssignmentContext>;
+
+/// Runs the speed layer until `shutdown` is cancelled.
+///
+/// On shutdown the dirty rows of open segments are flushed (safe under set semantics) but nothing is sealed
+/// or committed. Errors: the Kafka client cannot be created or subscribed; a store write keeps failing
+/// until shutdown ([`Error::Cancelled`]).
+pub async fn run(config: Config, store: Arc<dyn ViewStore>, shutdown: CancellationToken) -> Result<()> {
+    m::describe();
+    let consumer: Arc<Kafka> = Arc::new(
+        consumer_config(&config.kafka, &config.kafka.speed_group)
+            .create_with_context(AssignmentContext::default())
+            .map_err(Error::kafka("create consumer"))?,
+    );
+    consumer.subscribe(&[&config.kafka.topic]).map_err(Error::kafka("subscribe"))?;
+    info!(topic = %config.kafka.topic, group = %config.kafka.speed_group, "speed layer started");
+
+    let mut tick = tokio::time::interval(config.speed.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut speed = SpeedLayer {
+        limits: Limits { max_records: config.speed.segment_max_records, max_age: config.speed.segment_max_age },
+        decoder: Decoder::new(&config),
+        views: ViewSet::new(&config),
+        partitions: HashMap::new(),
+        consumer: consumer.clone(),
+        store,
+        shutdown: shutdown.clone(),
+        config,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => speed.on_tick().await?,
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    let message = message.detach();
+                    speed.on_record(message).await?;
+                }
+                Err(e) => warn!(error = %e, "kafka consumer error"),
+            },
+        }
+    }
+    speed.flush_open_segments().await;
+    info!("speed layer stopped");
+    Ok(())
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    /// Assignment epoch this state was built under.
+    epoch: u64,
+    segment: Segment,
+    last_record_at: Instant,
+    last_watermark_check: Option<Instant>,
+}
+
+enum Sealed {
+    /// Sealed and committed; the next segment is open.
+    Done,
+    /// A longer seal was already recorded: the segment goes on to that end.
+    Extended,
+    /// A shorter seal was already recorded: rows past it were deleted and the partition rewound to the start.
+    Rewound,
+}
+
+struct SpeedLayer {
+    config: Config,
+    limits: Limits,
+    decoder: Decoder,
+    views: ViewSet,
+    partitions: HashMap<i32, PartitionState>,
+    consumer: Arc<Kafka>,
+    store: Arc<dyn ViewStore>,
+    shutdown: CancellationToken,
+}
+
+impl SpeedLayer {
+    fn topic(&self) -> &str {
+        &self.config.kafka.topic
+    }
+
+    async fn on_record(&mut self, message: OwnedMessage) -> Result<()> {
+        let partition = message.partition();
+        let offset = message.offset();
+        let timestamp_ms = message.timestamp().to_millis();
+        let Some(epoch) = self.consumer.context().epoch(partition) else {
+            return Ok(()); // not (or no longer) ours
+        };
+        let mut state = match self.partitions.remove(&partition) {
+            Some(state) if state.epoch == epoch => state,
+            _ => self.open_partition(partition, epoch, offset).await?,
+        };
+        let result = self.process(&mut state, offset, timestamp_ms, message.payload().unwrap_or_default()).await;
+        self.partitions.insert(partition, state);
+        result
+    }
+
+    async fn process(
+        &self,
+        state: &mut PartitionState,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        payload: &[u8],
+    ) -> Result<()> {
+        if offset < state.segment.position {
+            return Ok(()); // already applied (redelivery after a seek)
+        }
+        while state.segment.must_seal_before(offset, timestamp_ms, self.limits) {
+            let end = state.segment.seal_end_before(offset);
+            if let Sealed::Rewound = self.seal(state, end).await? {
+                return Ok(());
+            }
+        }
+        state.last_record_at = Instant::now();
+        metrics::counter!(m::RECORDS).increment(1);
+        match state.segment.apply(self.topic(), offset, timestamp_ms, payload, &self.decoder, &self.views) {
+            Applied::Counted => {}
+            Applied::Duplicate => metrics::counter!(m::DUPLICATES).increment(1),
+            Applied::DeadLetter(reason) => {
+                metrics::counter!(m::DEAD_LETTERS, "consumer" => "speed").increment(1);
+                debug!(partition = state.segment.partition, offset, %reason, "dead letter");
+            }
+        }
+        if state.segment.is_full(self.limits) {
+            let end = state.segment.position;
+            self.seal(state, end).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the segment at the committed offset (or at the first record of a new group).
+    async fn open_partition(&self, partition: i32, epoch: u64, first_offset: i64) -> Result<PartitionState> {
+        let start = self.committed_offset(partition).await?.unwrap_or(first_offset);
+        let sealed_end = self.store.seal_at(self.topic(), partition, start).await?.map(|s| s.end);
+        info!(partition, start, ?sealed_end, "replaying open segment from the committed offset");
+        Ok(PartitionState {
+            epoch,
+            segment: Segment::open(partition, start, sealed_end),
+            last_record_at: Instant::now(),
+            last_watermark_check: None,
+        })
+    }
+
+    async fn committed_offset(&self, partition: i32) -> Result<Option<i64>> {
+        let consumer = self.consumer.clone();
+        let topic = self.topic().to_owned();
+        let tpl = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            consumer.committed_offsets(tpl, Duration::from_secs(10))
+        })
+        .await
+        .expect("committed_offsets task does not panic")
+        .map_err(Error::kafka("committed offsets"))?;
+        Ok(match tpl.find_partition(self.topic(), partition).map(|e| e.offset()) {
+            Some(Offset::Offset(n)) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// Seals `[start, end)`: flush every dirty row at `upto_offset = end`, write the segment's dead letters,
+    /// record the seal (first writer wins), then commit `end`.
+    async fn seal(&self, state: &mut PartitionState, end: i64) -> Result<Sealed> {
+        let seg = &mut state.segment;
+        let (partition, start) = (seg.partition, seg.start);
+        let rows = seg.take_dirty_rows(&self.views, end);
+        self.write_rows_retrying(&rows).await?;
+        if !seg.dead_letters().is_empty() {
+            let root = &self.config.archive.root;
+            let letters = seg.dead_letters();
+            self.retry(|| async { dead_letter::write(root, "speed", start, end, letters).map(|_| ()) }).await?;
+        }
+        let topic = self.topic();
+        let recorded = self.retry(|| self.store.record_seal(topic, Seal { partition, start, end })).await?;
+        if recorded.end == end {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(end)).map_err(Error::kafka("commit"))?;
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                warn!(partition, end, error = %e, "offset commit failed; the sealed segment will be replayed and its seal adopted");
+            }
+            metrics::counter!(m::SEGMENTS_SEALED).increment(1);
+            debug!(partition, start, end, "segment sealed");
+            let next_end = self.retry(|| self.store.seal_at(topic, partition, end)).await?.map(|s| s.end);
+            state.segment = Segment::open(partition, end, next_end);
+            return Ok(Sealed::Done);
+        }
+        metrics::counter!(m::SEAL_CONFLICTS).increment(1);
+        if recorded.end > end {
+            info!(partition, start, end, recorded = recorded.end, "a longer seal is recorded; extending the segment");
+            seg.sealed_end = Some(recorded.end);
+            return Ok(Sealed::Extended);
+        }
+        warn!(partition, start, end, recorded = recorded.end, "a shorter seal is recorded; rewinding the segment");
+        self.retry(|| self.store.delete_speed_rows_after(partition, start, recorded.end)).await?;
+        let consumer = self.consumer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            consumer.seek(&topic, partition, Offset::Offset(start), Duration::from_secs(10))
+        })
+        .await
+        .expect("seek task does not panic")
+        .map_err(Error::kafka("seek"))?;
+        state.segment = Segment::open(partition, start, Some(recorded.end));
+        Ok(Sealed::Rewound)
+    }
+
+    /// Flushes dirty rows of every open segment and seals idle ones at the log end.
+    async fn on_tick(&mut self) -> Result<()> {
+        let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+        for partition in partitions {
+            let mut state = self.partitions.remove(&partition).expect("listed above");
+            if self.consumer.context().epoch(partition) != Some(state.epoch) {
+                continue; // revoked: write and seal nothing more
+            }
+            let result = self.tick_partition(&mut state).await;
+            self.partitions.insert(partition, state);
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn tick_partition(&self, state: &mut PartitionState) -> Result<()> {
+        let seg = &mut state.segment;
+        if seg.has_dirty() {
+            let rows = seg.take_dirty_rows(&self.views, seg.position);
+            if let Err(e) = self.write_rows(&rows).await {
+                warn!(partition = seg.partition, error = %e, "flush failed; retrying at the next tick");
+                seg.mark_dirty_again(&self.views, &rows);
+            }
+        }
+        let idle = seg.sealed_end.is_none()
+            && seg.records > 0
+            && state.last_record_at.elapsed() >= self.config.speed.segment_max_idle
+            && state.last_watermark_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if idle {
+            state.last_watermark_check = Some(Instant::now());
+            let (consumer, topic, partition) = (self.consumer.clone(), self.topic().to_owned(), seg.partition);
+            let watermarks = tokio::task::spawn_blocking(move || {
+                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            })
+            .await
+            .expect("fetch_watermarks task does not panic");
+            match watermarks {
+                Ok((_, high)) if high == seg.position => {
+                    let end = seg.position;
+                    self.seal(state, end).await?;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(partition, error = %e, "cannot read the high watermark; idle seal postponed"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_open_segments(&mut self) {
+        for state in self.partitions.values_mut() {
+            let rows = state.segment.take_dirty_rows(&self.views, state.segment.position);
+            if let Err(e) = self.store.upsert_speed_rows(&rows).await {
+                warn!(error = %e, "final flush failed; the open segment will be replayed on restart");
+            }
+        }
+    }
+
+    async fn write_rows(&self, rows: &[SpeedRow]) -> common::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.store.upsert_speed_rows(rows).await?;
+        metrics::histogram!(m::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::ROWS_WRITTEN).increment(rows.len() as u64);
+        Ok(())
+    }
+
+    async fn write_rows_retrying(&self, rows: &[SpeedRow]) -> Result<()> {
+        self.retry(|| self.write_rows(rows)).await
+    }
+
+    /// Retries a store operation with exponential backoff (100 ms doubling to 5 s) until it succeeds, fails
+    /// with a non-retryable error, or shutdown is requested.
+    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = common::Result<T>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() => {
+                    metrics::counter!(m::STORE_RETRIES).increment(1);
+                    warn!(error = %e, ?backoff, "store write failed; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(Error::Cancelled),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

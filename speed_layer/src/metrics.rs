@@ -1,0 +1,24 @@
+//! Every metric of the speed layer, declared once (Prometheus naming).
+
+use metrics::{describe_counter, describe_histogram};
+
+pub const RECORDS: &str = "speed_records_total";
+pub const DUPLICATES: &str = "speed_duplicates_dropped_total";
+pub const DEAD_LETTERS: &str = "dead_letters_total";
+pub const ROWS_WRITTEN: &str = "speed_rows_written_total";
+pub const SEGMENTS_SEALED: &str = "speed_segments_sealed_total";
+pub const SEAL_CONFLICTS: &str = "speed_seal_conflicts_total";
+pub const FLUSH_SECONDS: &str = "speed_flush_seconds";
+pub const STORE_RETRIES: &str = "speed_store_retries_total";
+
+/// Registers the descriptions (idempotent).
+pub fn describe() {
+    describe_counter!(RECORDS, "Kafka records consumed by the speed layer");
+    describe_counter!(DUPLICATES, "Records dropped because their dedup key was already seen in the segment");
+    describe_counter!(DEAD_LETTERS, "Records that failed to decode, by consumer (speed, archive)");
+    describe_counter!(ROWS_WRITTEN, "Speed rows written to the view store");
+    describe_counter!(SEGMENTS_SEALED, "Segments sealed (seal recorded, offset committed)");
+    describe_counter!(SEAL_CONFLICTS, "Seals that found a different end already recorded");
+    describe_histogram!(FLUSH_SECONDS, "Time to write one flush of speed rows");
+    describe_counter!(STORE_RETRIES, "View store writes retried after a retryable error");
+}

@@ -1,0 +1,195 @@
+//! `lambda`: the command-line entry point. Parses arguments, loads the configuration and calls a layer's
+//! `run(config, ..., shutdown)`; the logic lives in the library crates.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use common::Config;
+use lambda::demo::DemoOptions;
+use lambda::produce::ProduceOptions;
+
+#[derive(Debug, Parser)]
+#[command(name = "lambda", version, about = "Lambda-architecture analytics over a Kafka topic of JSON events")]
+struct Cli {
+    /// TOML configuration file (over the embedded defaults; LAMBDA__SECTION__KEY variables override both).
+    #[arg(long, short, global = true, env = "LAMBDA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info`, `debug`, `info,rdkafka=warn`.
+    #[arg(long, global = true, default_value = "info", env = "RUST_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: mock Kafka, speed layer, archiver, batch every 30 s, HTTP API.
+    Demo {
+        /// Produce this .csv or .jsonl file instead of generated events.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Number of generated events.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Production rate, events per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Percentage of events produced twice (exercises dedup).
+        #[arg(long, default_value_t = 2.0)]
+        duplicates: f64,
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Working directory (cleared at start if an earlier demo made it).
+        #[arg(long, default_value = "lambda-data/demo")]
+        data_dir: PathBuf,
+        /// Batch schedule (cron with seconds, or 5 fields).
+        #[arg(long, default_value = "*/30 * * * * *")]
+        batch_cron: String,
+    },
+    /// Run the speed layer (Kafka -> speed rows).
+    Speed,
+    /// Run the archiver (Kafka -> Parquet master dataset).
+    Archive,
+    /// The batch job.
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
+    /// Run the HTTP API.
+    Serve,
+    /// Send events from a .csv or .jsonl file to Kafka, keyed by schema.message_key.
+    Produce {
+        #[arg(long)]
+        input: PathBuf,
+        /// Bootstrap servers (default: kafka.brokers).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Topic (default: kafka.topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Events per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Percentage of events sent twice, a little later.
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+    },
+    /// Write synthetic e-commerce events as JSON Lines.
+    Generate {
+        #[arg(long)]
+        events: usize,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchCommand {
+    /// Run once and print the published manifest.
+    Run,
+    /// Run on a cron schedule until stopped.
+    Schedule {
+        /// Cron expression (default: batch.cron).
+        #[arg(long)]
+        cron: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE (over the defaults); the error names the bad key.
+    Check { file: PathBuf },
+    /// Print the effective configuration as TOML.
+    Show,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    common::telemetry::init_tracing(&cli.log);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)] // the CLI prints its results
+async fn run(cli: Cli) -> Result<()> {
+    if let Command::Config { command: ConfigCommand::Check { file } } = &cli.command {
+        Config::load(Some(file)).with_context(|| format!("{} is invalid", file.display()))?;
+        println!("{}: ok", file.display());
+        return Ok(());
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    let shutdown = common::shutdown::on_signal();
+    match cli.command {
+        Command::Demo { input, events, rate, duplicates, listen, data_dir, batch_cron } => {
+            let options = DemoOptions {
+                input,
+                events,
+                rate,
+                duplicates_pct: duplicates,
+                data_dir,
+                listen: Some(listen),
+                batch_cron,
+                ..DemoOptions::default()
+            };
+            lambda::demo::run(config, options, shutdown).await?;
+        }
+        Command::Speed => {
+            let store = common::store::open(&config.store.url).await?;
+            speed_layer::run(config, store, shutdown).await?;
+        }
+        Command::Archive => batch_layer::archive::archiver::run(config, shutdown).await?,
+        Command::Batch { command: BatchCommand::Run } => {
+            let store = common::store::open(&config.store.url).await?;
+            let options = batch_layer::job::RunOptions { progress: true };
+            match batch_layer::job::run_once(&config, &store, &options).await? {
+                Some(manifest) => println!("{}", serde_json::to_string_pretty(&manifest)?),
+                None => println!("another batch run holds the lease; nothing done"),
+            }
+        }
+        Command::Batch { command: BatchCommand::Schedule { cron } } => {
+            let store = common::store::open(&config.store.url).await?;
+            let cron = cron.unwrap_or_else(|| config.batch.cron.clone());
+            batch_layer::schedule::run(config, store, &cron, shutdown).await?;
+        }
+        Command::Serve => {
+            let store = common::store::open(&config.store.url).await?;
+            serving_layer::run(config, store, shutdown).await?;
+        }
+        Command::Produce { input, brokers, topic, rate, duplicates } => {
+            let mut config = config;
+            if let Some(b) = brokers {
+                config.kafka.brokers = b;
+            }
+            if let Some(t) = topic {
+                config.kafka.topic = t;
+            }
+            let options = ProduceOptions { rate, duplicates_pct: duplicates, ..Default::default() };
+            let report = lambda::produce::run(&config, &input, &options, &shutdown).await?;
+            println!("sent {} messages ({} duplicates) to {}", report.sent, report.duplicates, config.kafka.topic);
+        }
+        Command::Generate { events, out, seed } => {
+            lambda::generate::write_jsonl(&out, events, seed)?;
+            println!("wrote {events} events to {}", out.display());
+        }
+        Command::Config { command: ConfigCommand::Show } => print!("{}", toml::to_string_pretty(&config)?),
+        Command::Config { command: ConfigCommand::Check { .. } } => unreachable!("handled above"),
+    }
+    Ok(())
+}

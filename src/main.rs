@@ -118,6 +118,7 @@ enum ConfigCommand {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     common::telemetry::init_tracing(&cli.log);
+    let _ = common::telemetry::prometheus(); // every layer's metrics go to /metrics from the first record
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

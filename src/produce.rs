@@ -215,12 +215,21 @@ mod tests {
         let (out, copies) = with_duplicates(events.clone(), &options);
         assert_eq!(out.len(), 1000 + copies as usize);
         assert!((20..=90).contains(&copies), "about 5% of 1000, got {copies}");
-        let mut first_seen = std::collections::HashMap::new();
-        for (pos, m) in out.iter().enumerate() {
-            if let Some(first) = first_seen.insert(&m.payload, pos) {
-                assert!(pos > first && pos - first <= 51, "copy within the spread");
+        // the copy of original #i comes after original #i and at most `spread` originals later
+        let mut original_index = std::collections::HashMap::new();
+        let mut originals_seen = 0usize;
+        for m in &out {
+            match original_index.get(&m.payload) {
+                None => {
+                    original_index.insert(&m.payload, originals_seen);
+                    originals_seen += 1;
+                }
+                Some(&i) => {
+                    assert!(originals_seen > i && originals_seen - i <= 51, "copy of #{i} after {originals_seen}")
+                }
             }
         }
+        let first_seen = original_index;
         assert_eq!(first_seen.len(), 1000);
     }
 

@@ -42,6 +42,8 @@ impl AppState {
 
 /// The API's routes: `/v1/*` (behind bearer auth when `serve.auth_tokens` is set), `/healthz`, `/metrics`.
 pub fn router(state: AppState) -> Router {
+    // install the recorder before any request so no metric is recorded into the void
+    let _ = common::telemetry::prometheus();
     m::describe();
     let v1 = Router::new()
         .route("/v1/views", get(list_views))

@@ -1,0 +1,211 @@
+//! The HTTP API against a real SQLite store on 127.0.0.1: parameter errors, the answer shape, exact decimals,
+//! null dimensions, filters, group_by, the merge rule's sources, auth, health, manifest and metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use common::store::{BatchRow, Manifest, SpeedRow, ViewKey, ViewStore};
+use common::view::Granularity;
+use common::Config;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+struct Api {
+    base: String,
+    store: Arc<dyn ViewStore>,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+async fn start(overrides: &str) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml_str(overrides).unwrap();
+    let store = common::store::open(&format!("sqlite://{}", dir.path().join("v.db").display())).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(serving_layer::serve(listener, config, store.clone(), stop.clone()));
+    Api { base, store, _dir: dir, stop }
+}
+
+async fn get(api: &Api, path: &str) -> (u16, Value) {
+    let r = reqwest::get(format!("{}{path}", api.base)).await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn key(view: &str, g: Granularity, bucket: i64, dims: &[Option<&str>]) -> ViewKey {
+    ViewKey {
+        view: view.into(),
+        granularity: g,
+        bucket_start: bucket,
+        dims: dims.iter().map(|d| d.map(str::to_owned)).collect(),
+    }
+}
+
+const NOV1: i64 = 1_572_566_400; // 2019-11-01T00:00:00Z
+const DAY: i64 = 86_400;
+
+#[tokio::test]
+async fn every_bad_parameter_gets_a_400_naming_it() {
+    let api = start("").await;
+    let cases = [
+        ("/v1/views/no_such_view?granularity=day", "view"),
+        ("/v1/views/by_type", "granularity"),
+        ("/v1/views/by_type?granularity=week", "granularity"),
+        ("/v1/views/by_type?granularity=day&from=yesterday", "from"),
+        ("/v1/views/by_type?granularity=day&to=2019-13-01T00:00:00Z", "to"),
+        ("/v1/views/by_type?granularity=day&from=2019-11-02T00:00:00Z&to=2019-11-01T00:00:00Z", "from"),
+        ("/v1/views/by_type?granularity=day&from=2019-11-01T00:00:00Z&to=2019-11-01T00:00:00Z", "from"),
+        ("/v1/views/by_type?granularity=day&colour=red", "colour"),
+        ("/v1/views/by_type?granularity=day&brand=apple", "brand"),
+        ("/v1/views/by_type?granularity=day&group_by=brand", "group_by"),
+    ];
+    for (path, parameter) in cases {
+        let (status, body) = get(&api, path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["parameter"], parameter, "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(!message.is_empty(), "{path}");
+    }
+    api.stop.cancel();
+}
+
+#[tokio::test]
+async fn granularity_not_configured_for_the_view_is_rejected() {
+    let api = start(
+        "[[views]]\nname = \"daily\"\ndimensions = [\"event_type\"]\nmetrics = [\"count\"]\ngranularities = [\"day\"]\n",
+    )
+    .await;
+    let (status, body) = get(&api, "/v1/views/daily?granularity=minute").await;
+    assert_eq!((status, body["error"]["parameter"].as_str()), (400, Some("granularity")), "{body}");
+    api.stop.cancel();
+}
+
+#[tokio::test]
+async fn answers_merge_batch_and_speed_with_exact_decimals() {
+    let api = start("").await;
+    let g = Granularity::Day;
+    let manifest = Manifest {
+        generation: 7,
+        cutoffs: BTreeMap::from([(0, 100)]),
+        rows: BTreeMap::new(),
+        records_scanned: 0,
+        repeated_records_removed: 0,
+        duplicates_removed: 0,
+        cutoff_notes: vec![],
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+    };
+    api.store
+        .write_batch_rows(
+            7,
+            &[
+                BatchRow {
+                    key: key("by_brand", g, NOV1, &[Some("view"), Some("apple")]),
+                    metrics: vec![2, 1_553_480_000],
+                },
+                BatchRow { key: key("by_brand", g, NOV1, &[Some("view"), None]), metrics: vec![1, 100_000] },
+            ],
+        )
+        .await
+        .unwrap();
+    // an older generation that must be ignored
+    api.store
+        .write_batch_rows(6, &[BatchRow { key: key("by_brand", g, NOV1, &[Some("cart"), None]), metrics: vec![99, 1] }])
+        .await
+        .unwrap();
+    let speed = |bucket, dims: &[Option<&str>], partition, segment_start, metrics: Vec<i64>| SpeedRow {
+        key: key("by_brand", g, bucket, dims),
+        partition,
+        segment_start,
+        upto_offset: segment_start + 1,
+        metrics,
+    };
+    api.store
+        .upsert_speed_rows(&[
+            speed(NOV1, &[Some("view"), Some("apple")], 0, 50, vec![5, 5_000_000]), // absorbed by the batch (50 < 100)
+            speed(NOV1, &[Some("view"), Some("apple")], 0, 100, vec![1, 10_000]),   // at the cutoff: counts
+            speed(NOV1 + DAY, &[Some("purchase"), Some("xiaomi")], 1, 0, vec![1, 199_990_000]), // partition 1 unseen
+        ])
+        .await
+        .unwrap();
+
+    let (status, _) = get(&api, "/v1/manifest").await;
+    assert_eq!(status, 404, "no manifest yet");
+    let (_, before) = get(&api, "/v1/views/by_brand?granularity=day").await;
+    assert!(before["manifest"].is_null());
+    assert_eq!(before["rows"].as_array().unwrap().len(), 2, "without a manifest only speed rows count: {before}");
+
+    api.store.publish_manifest(&manifest).await.unwrap();
+    let (status, body) =
+        get(&api, "/v1/views/by_brand?granularity=day&from=2019-11-01T00:00:00Z&to=2019-12-01T00:00:00Z").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["view"], "by_brand");
+    assert_eq!(body["granularity"], "day");
+    assert_eq!(body["manifest"]["generation"], 7);
+    assert_eq!(body["manifest"]["cutoffs"]["0"], 100);
+    let rows = body["rows"].as_array().unwrap();
+    let summary: Vec<(String, Value, Value, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["bucket_start"].as_str().unwrap().to_owned(),
+                r["dims"]["brand"].clone(),
+                r["metrics"]["count"].clone(),
+                r["metrics"]["sum_price"].to_string(),
+                r["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // 2019-11-01: null brand first (batch only), then apple = batch 2 + speed 1 (segment 50 absorbed)
+    assert_eq!(
+        summary,
+        vec![
+            ("2019-11-01T00:00:00Z".into(), Value::Null, Value::from(1), "0.1".into(), "batch".into()),
+            ("2019-11-01T00:00:00Z".into(), Value::from("apple"), Value::from(3), "1553.49".into(), "both".into()),
+            ("2019-11-02T00:00:00Z".into(), Value::from("xiaomi"), Value::from(1), "199.99".into(), "speed".into()),
+        ]
+    );
+
+    // filters and group_by
+    let (_, body) = get(&api, "/v1/views/by_brand?granularity=day&event_type=view&group_by=").await;
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["dims"], serde_json::json!({}));
+    assert_eq!(rows[0]["metrics"]["count"], 4);
+    let (_, body) = get(&api, "/v1/views/by_brand?granularity=day&group_by=event_type").await;
+    let types: Vec<&str> =
+        body["rows"].as_array().unwrap().iter().map(|r| r["dims"]["event_type"].as_str().unwrap()).collect();
+    assert_eq!(types, vec!["view", "purchase"]);
+    // the time range is [from, to) on bucket starts
+    let (_, body) = get(&api, "/v1/views/by_brand?granularity=day&from=2019-11-02T00:00:00Z").await;
+    assert_eq!(body["rows"].as_array().unwrap().len(), 1);
+
+    let (status, body) = get(&api, "/v1/manifest").await;
+    assert_eq!((status, body["generation"].as_i64()), (200, Some(7)));
+    let (status, body) = get(&api, "/v1/views").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["views"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["by_type", "by_brand", "by_category"]);
+    let (status, body) = get(&api, "/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = get(&api, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.as_str().unwrap().contains("http_requests_total"), "{body}");
+    api.stop.cancel();
+}
+
+#[tokio::test]
+async fn bearer_tokens_guard_the_v1_routes() {
+    let api = start("[serve]\nauth_tokens = [\"s3cret\"]\n").await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/views", api.base);
+    assert_eq!(client.get(&url).send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(client.get(&url).bearer_auth("wrong").send().await.unwrap().status().as_u16(), 401);
+    assert_eq!(client.get(&url).bearer_auth("s3cret").send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(client.get(format!("{}/healthz", api.base)).send().await.unwrap().status().as_u16(), 200);
+    api.stop.cancel();
+}

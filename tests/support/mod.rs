@@ -1,0 +1,333 @@
+//! Test harness: the real rdkafka clients against librdkafka's in-process mock cluster, a real SQLite store,
+//! real Parquet files in a temporary archive, the HTTP API on 127.0.0.1:0. Layers run as tasks that a test
+//! can abort at any await point (no flush, no seal, no commit on the way down) and start again.
+#![allow(dead_code)]
+
+pub mod truth;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::store::{Manifest, ViewStore};
+use common::Config;
+use lambda::produce::Outgoing;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use truth::{Expected, GRANULARITIES, VIEWS};
+
+/// Settings that make several segments and archive files out of the 10k-row sample, on different boundaries.
+pub const TEST_CONFIG: &str = r#"
+[kafka]
+topic = "events"
+[kafka.client]
+# an aborted consumer never leaves its group: evict it fast so restarts rejoin in seconds
+"session.timeout.ms" = "3000"
+"heartbeat.interval.ms" = "300"
+[speed]
+flush_interval = "100ms"
+segment_max_records = 500
+segment_max_age = "30s"
+segment_max_idle = "1s"
+[archive]
+max_file_records = 700
+max_file_age = "400ms"
+[serve]
+listen = "127.0.0.1:0"
+"#;
+
+pub struct Harness {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub config: Config,
+    pub store: Arc<dyn ViewStore>,
+    pub dir: tempfile::TempDir,
+    pub base_url: String,
+    pub http: reqwest::Client,
+    stop_all: CancellationToken,
+    speed: Option<JoinHandle<()>>,
+    archiver: Option<JoinHandle<()>>,
+    pub partitions: i32,
+}
+
+impl Harness {
+    /// A mock cluster with a `partitions`-partition topic, a store and archive in a temp dir, the HTTP API.
+    pub async fn start(partitions: i32) -> Harness {
+        Self::start_with(partitions, "").await
+    }
+
+    /// [`Harness::start`] with `overrides` (TOML) applied over [`TEST_CONFIG`].
+    pub async fn start_with(partitions: i32, overrides: &str) -> Harness {
+        common::telemetry::init_tracing("warn,speed_layer=info,batch_layer=info");
+        let _ = common::telemetry::prometheus();
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("events", partitions, 1).unwrap();
+        let mut config = Config::from_toml_str(&merge_toml(TEST_CONFIG, overrides)).unwrap();
+        config.kafka.brokers = cluster.bootstrap_servers();
+        config.store.url = format!("sqlite://{}", dir.path().join("views.db").display());
+        config.archive.root = dir.path().join("archive");
+        let store = common::store::open(&config.store.url).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let stop_all = CancellationToken::new();
+        tokio::spawn(serving_layer::serve(listener, config.clone(), store.clone(), stop_all.clone()));
+        Harness {
+            cluster,
+            config,
+            store,
+            dir,
+            base_url,
+            http: reqwest::Client::new(),
+            stop_all,
+            speed: None,
+            archiver: None,
+            partitions,
+        }
+    }
+
+    pub fn start_speed(&mut self) {
+        assert!(self.speed.is_none());
+        let (config, store, stop) = (self.config.clone(), self.store.clone(), self.stop_all.clone());
+        self.speed = Some(tokio::spawn(async move {
+            if let Err(e) = speed_layer::run(config, store, stop).await {
+                panic!("speed layer failed: {e}");
+            }
+        }));
+    }
+
+    pub fn start_archiver(&mut self) {
+        assert!(self.archiver.is_none());
+        let (config, stop) = (self.config.clone(), self.stop_all.clone());
+        self.archiver = Some(tokio::spawn(async move {
+            if let Err(e) = batch_layer::archive::archiver::run(config, stop).await {
+                panic!("archiver failed: {e}");
+            }
+        }));
+    }
+
+    /// Aborts the speed layer wherever it is: its in-memory segment state is lost, nothing is flushed.
+    pub async fn kill_speed(&mut self) {
+        if let Some(h) = self.speed.take() {
+            h.abort();
+            let _ = h.await;
+        }
+    }
+
+    /// Aborts the archiver wherever it is: buffered records are lost, nothing is committed.
+    pub async fn kill_archiver(&mut self) {
+        if let Some(h) = self.archiver.take() {
+            h.abort();
+            let _ = h.await;
+        }
+    }
+
+    /// Progress of the speed layer: the sum over partitions of the largest `upto_offset` among its rows.
+    pub async fn speed_progress(&self) -> i64 {
+        let q = common::store::RowQuery {
+            view: "by_type".into(),
+            granularity: common::view::Granularity::Day,
+            from: None,
+            to: None,
+        };
+        let mut best: HashMap<i32, i64> = HashMap::new();
+        for r in self.store.speed_rows(&q).await.unwrap() {
+            let e = best.entry(r.partition).or_default();
+            *e = (*e).max(r.upto_offset);
+        }
+        best.values().sum()
+    }
+
+    /// Progress of the archiver: the sum over partitions of the largest archived `next` offset.
+    pub fn archive_progress(&self) -> i64 {
+        let files = batch_layer::archive::list(&self.config.archive.root, "events").unwrap();
+        files.values().map(|f| f.iter().map(|f| f.next).max().unwrap_or(0)).sum()
+    }
+
+    /// Waits until the speed layer (`speed`) or the archiver has progressed past `since`, so a kill that
+    /// follows hits a consumer that owns partitions and holds work in memory.
+    pub async fn wait_progress(&self, speed: bool, since: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = if speed { self.speed_progress().await } else { self.archive_progress() };
+            if now > since {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no progress past {since} within {timeout:?} (speed: {speed})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn speed_running(&self) -> bool {
+        self.speed.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    pub async fn produce(&self, messages: &[Outgoing], rate: Option<f64>) {
+        let sent = lambda::produce::send(&self.config.kafka, messages, rate, &CancellationToken::new()).await.unwrap();
+        assert_eq!(sent as usize, messages.len());
+    }
+
+    /// High watermark of every partition.
+    pub async fn log_end(&self) -> BTreeMap<i32, i64> {
+        let brokers = self.config.kafka.brokers.clone();
+        let partitions = self.partitions;
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+            (0..partitions).map(|p| (p, c.fetch_watermarks("events", p, Duration::from_secs(10)).unwrap().1)).collect()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Waits until every partition is sealed up to its log end and archived up to it.
+    pub async fn wait_sealed_and_archived(&self, timeout: Duration) {
+        let ends = self.log_end().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seals = self.store.seals("events").await.unwrap();
+            let files = batch_layer::archive::list(&self.config.archive.root, "events").unwrap();
+            let mut sealed: HashMap<i32, i64> = HashMap::new();
+            for s in &seals {
+                let e = sealed.entry(s.partition).or_default();
+                *e = (*e).max(s.end);
+            }
+            let done = ends.iter().all(|(p, end)| {
+                let archived = files.get(p).and_then(|f| f.iter().map(|f| f.next).max()).unwrap_or(0);
+                *end == 0 || (sealed.get(p).copied().unwrap_or(0) == *end && archived == *end)
+            });
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not sealed and archived within {timeout:?}: log end {ends:?}, sealed {sealed:?}, archive {:?}",
+                files.iter().map(|(p, f)| (p, f.iter().map(|f| f.next).max())).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn batch(&self) -> Manifest {
+        batch_layer::job::run_once(&self.config, &self.store, &Default::default())
+            .await
+            .unwrap()
+            .expect("lease is free")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.http.get(format!("{}{path}", self.base_url)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Every view x granularity over November 2019, as the API answers it, plus the `source` of each row.
+    pub async fn answers(&self) -> (Expected, BTreeMap<String, usize>, Option<i64>) {
+        let mut out = Expected::new();
+        let mut sources = BTreeMap::new();
+        let mut generation = None;
+        for (view, dims) in VIEWS {
+            for (g, _) in GRANULARITIES {
+                let (status, body) = self
+                    .get(&format!("/v1/views/{view}?granularity={g}&from=2019-11-01T00:00:00Z&to=2019-12-01T00:00:00Z"))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                let answer: Answer = serde_json::from_str(&body).unwrap();
+                assert_eq!(answer.view, *view);
+                assert_eq!(answer.granularity, *g);
+                generation = answer.manifest.as_ref().map(|m| m.generation);
+                let mut previous: Option<(i64, Vec<Option<String>>)> = None;
+                for row in answer.rows {
+                    let bucket = chrono::DateTime::parse_from_rfc3339(&row.bucket_start).unwrap().timestamp();
+                    let values: Vec<Option<String>> =
+                        dims.iter().map(|d| row.dims.get(*d).cloned().flatten()).collect();
+                    assert_eq!(row.dims.len(), dims.len());
+                    let key = (bucket, values.clone());
+                    if let Some(p) = &previous {
+                        assert!(p < &key, "rows sorted by bucket then dims: {p:?} before {key:?}");
+                    }
+                    previous = Some(key);
+                    let count: i64 = row.metrics["count"].get().parse().unwrap();
+                    let sum = truth::decimal_micros(row.metrics["sum_price"].get());
+                    assert!(out.insert((view.to_string(), g.to_string(), bucket, values), (count, sum)).is_none());
+                    *sources.entry(row.source).or_default() += 1;
+                }
+            }
+        }
+        (out, sources, generation)
+    }
+
+    /// Polls the API until it equals `expected` (the speed layer is eventually complete), then returns the
+    /// sources; panics with the differences after `timeout`.
+    pub async fn wait_for_answers(&self, expected: &Expected, timeout: Duration) -> BTreeMap<String, usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (actual, sources, _) = self.answers().await;
+            if &actual == expected {
+                return sources;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "API answers differ from the ground truth after {timeout:?}: {}",
+                    truth::diff(expected, &actual)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop_all.cancel();
+        for h in [self.speed.take(), self.archiver.take()].into_iter().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Answer {
+    pub view: String,
+    pub granularity: String,
+    pub manifest: Option<ManifestRef>,
+    pub rows: Vec<AnswerRow>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ManifestRef {
+    pub generation: i64,
+    pub cutoffs: BTreeMap<String, i64>,
+    pub finished_at: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AnswerRow {
+    pub bucket_start: String,
+    pub dims: BTreeMap<String, Option<String>>,
+    pub metrics: BTreeMap<String, Box<RawValue>>,
+    pub source: String,
+}
+
+/// `base` with the keys of `overrides` replaced (both small TOML documents of tables).
+fn merge_toml(base: &str, overrides: &str) -> String {
+    let mut base: toml::Table = base.parse().unwrap();
+    let overrides: toml::Table = overrides.parse().unwrap();
+    for (section, values) in overrides {
+        let table = base.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
+        for (k, v) in values.as_table().unwrap() {
+            table.as_table_mut().unwrap().insert(k.clone(), v.clone());
+        }
+    }
+    toml::to_string(&base).unwrap()
+}
+
+/// A long flush interval leaves a wide window of applied-but-unflushed records for a crash to hit.
+pub const CRASH_CONFIG: &str = "[speed]\nflush_interval = \"900ms\"\n";
+
+/// The sample's rows as messages, the way `lambda produce` sends a CSV file.
+pub fn sample_messages(config: &Config) -> Vec<Outgoing> {
+    lambda::produce::read_file(&truth::sample_path(), config).unwrap()
+}

@@ -261,3 +261,38 @@ async fn bad_input_goes_to_dead_letter_and_the_rest_stays_exact() {
     );
     h.shutdown().await;
 }
+
+/// An archive file lost after its offset was committed: the restarted archiver seeks back to the end of
+/// the remaining files and rewrites the range, so the archive stays contiguous and the batch exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archiver_rewrites_a_file_lost_after_commit() {
+    let rows = truth::read_sample();
+    let mut h = Harness::start(2).await;
+    let messages = sample_messages(&h.config);
+    h.start_speed();
+    h.start_archiver();
+    h.produce(&messages[..4_000], None).await;
+    h.wait_sealed_and_archived(PATIENCE).await;
+    h.kill_archiver().await;
+    let files = batch_layer::archive::list(&h.config.archive.root, "events").unwrap();
+    let lost = files[&0].last().unwrap().clone();
+    assert!(lost.first > 0, "partition 0 has several files");
+    std::fs::remove_file(&lost.path).unwrap();
+
+    h.start_archiver();
+    h.produce(&messages[4_000..], None).await;
+    h.wait_sealed_and_archived(PATIENCE).await;
+    let files = batch_layer::archive::list(&h.config.archive.root, "events").unwrap();
+    for (p, f) in &files {
+        for pair in f.windows(2) {
+            assert_eq!(pair[0].next, pair[1].first, "partition {p}: files tile the log");
+        }
+    }
+    assert!(files[&0].iter().any(|f| f.first == lost.first), "the lost range is archived again");
+    let manifest = h.batch().await;
+    assert!(manifest.cutoff_notes.is_empty(), "{:?}", manifest.cutoff_notes);
+    let expected = truth::expected(&rows);
+    let (actual, _, _) = h.answers().await;
+    assert_eq!(actual, expected, "{}", truth::diff(&expected, &actual));
+    h.shutdown().await;
+}

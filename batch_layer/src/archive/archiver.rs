@@ -40,11 +40,22 @@ struct OpenFile {
     records: Vec<ArchivedRecord>,
     dead_letters: Vec<DeadLetter>,
     opened_at: Option<Instant>,
+    /// Set after seeking back to the archive's end: a record past `first` then means the log no longer
+    /// holds the offsets in between, and the file starts at that record instead (a visible gap).
+    rewound: bool,
 }
 
 impl OpenFile {
     fn new(epoch: u64, first: i64) -> Self {
-        OpenFile { epoch, first, next: first, records: Vec::new(), dead_letters: Vec::new(), opened_at: None }
+        OpenFile {
+            epoch,
+            first,
+            next: first,
+            records: Vec::new(),
+            dead_letters: Vec::new(),
+            opened_at: None,
+            rewound: false,
+        }
     }
 
     fn len(&self) -> usize {
@@ -113,8 +124,31 @@ impl Archiver {
         let Some(epoch) = self.consumer.context().epoch(partition) else { return Ok(()) };
         let mut file = match self.open.remove(&partition) {
             Some(f) if f.epoch == epoch => f,
-            _ => OpenFile::new(epoch, self.resume_point(partition)?.unwrap_or(offset)),
+            _ => match self.resume_point(partition)? {
+                Some(resume) if offset > resume => {
+                    // The group's committed offset is past the archive's end (files were removed?): read
+                    // again from the end of the files rather than let a file claim offsets it never saw.
+                    warn!(partition, resume, offset, "committed offset is past the archive; seeking back");
+                    self.seek(partition, resume).await?;
+                    let mut f = OpenFile::new(epoch, resume);
+                    f.rewound = true;
+                    self.open.insert(partition, f);
+                    return Ok(());
+                }
+                resume => OpenFile::new(epoch, resume.unwrap_or(offset)),
+            },
         };
+        if file.rewound && file.len() == 0 && offset > file.first {
+            warn!(
+                partition,
+                from = file.first,
+                to = offset,
+                "offsets are no longer in the log; the archive has a gap there"
+            );
+            file.first = offset;
+            file.next = offset;
+        }
+        file.rewound = false;
         if offset >= file.next {
             let timestamp_ms = message.timestamp().to_millis();
             let payload = message.payload().unwrap_or_default();
@@ -141,6 +175,16 @@ impl Archiver {
             self.close(partition).await?;
         }
         Ok(())
+    }
+
+    async fn seek(&self, partition: i32, offset: i64) -> Result<()> {
+        let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
+        tokio::task::spawn_blocking(move || {
+            consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10))
+        })
+        .await
+        .expect("seek task does not panic")
+        .map_err(Error::kafka("seek"))
     }
 
     /// Largest `next` among the partition's files; also clears a crash's leftovers (temporary files, and

@@ -296,3 +296,43 @@ async fn archiver_rewrites_a_file_lost_after_commit() {
     assert_eq!(actual, expected, "{}", truth::diff(&expected, &actual));
     h.shutdown().await;
 }
+
+/// A second speed layer and a second archiver join the groups mid-stream: the rebalance revokes the
+/// partitions from the live first members (librdkafka's mock coordinator hands them all to the newcomers
+/// rather than splitting them), which keep running without them and are then crashed. A member that lost
+/// its partitions writes and seals nothing more for them; the answers stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_between_members_stay_exact() {
+    let rows = truth::read_sample();
+    let mut h = Harness::start_with(4, support::CRASH_CONFIG).await;
+    let messages = sample_messages(&h.config);
+    h.start_speed();
+    h.start_archiver();
+    let producer = {
+        let (kafka, messages) = (h.config.kafka.clone(), messages.clone());
+        tokio::spawn(async move {
+            lambda::produce::send(&kafka, &messages, Some(500.0), &Default::default()).await.unwrap()
+        })
+    };
+    h.wait_progress(true, 0, PATIENCE).await;
+    let second_speed = h.spawn_speed();
+    let second_archiver = h.spawn_archiver();
+    // let the group split the partitions and the newcomers do some work, then crash the first members
+    let since = h.speed_progress().await;
+    h.wait_progress(true, since + 200, PATIENCE).await;
+    h.kill_speed().await;
+    h.kill_archiver().await;
+    assert!(!producer.is_finished(), "the crash happens while events are produced");
+    producer.await.unwrap();
+
+    let expected = truth::expected(&rows);
+    h.wait_sealed_and_archived(PATIENCE).await;
+    h.wait_for_answers(&expected, PATIENCE).await;
+    let manifest = h.batch().await;
+    assert_eq!(manifest.cutoffs, h.log_end().await);
+    let (actual, _, _) = h.answers().await;
+    assert_eq!(actual, expected, "{}", truth::diff(&expected, &actual));
+    second_speed.abort();
+    second_archiver.abort();
+    h.shutdown().await;
+}

@@ -64,7 +64,9 @@ impl Harness {
 
     /// [`Harness::start`] with `overrides` (TOML) applied over [`TEST_CONFIG`].
     pub async fn start_with(partitions: i32, overrides: &str) -> Harness {
-        common::telemetry::init_tracing("warn,speed_layer=info,batch_layer=info");
+        let filter = std::env::var("TEST_LOG")
+            .unwrap_or_else(|_| "warn,librdkafka=error,speed_layer=info,batch_layer=info".into());
+        common::telemetry::init_tracing(&filter);
         let _ = common::telemetry::prometheus();
         let dir = tempfile::tempdir().unwrap();
         let cluster = MockCluster::new(1).unwrap();
@@ -94,22 +96,32 @@ impl Harness {
 
     pub fn start_speed(&mut self) {
         assert!(self.speed.is_none());
-        let (config, store, stop) = (self.config.clone(), self.store.clone(), self.stop_all.clone());
-        self.speed = Some(tokio::spawn(async move {
-            if let Err(e) = speed_layer::run(config, store, stop).await {
-                panic!("speed layer failed: {e}");
-            }
-        }));
+        self.speed = Some(self.spawn_speed());
     }
 
     pub fn start_archiver(&mut self) {
         assert!(self.archiver.is_none());
+        self.archiver = Some(self.spawn_archiver());
+    }
+
+    /// Another speed-layer member of the same consumer group; abort the handle to crash it.
+    pub fn spawn_speed(&self) -> JoinHandle<()> {
+        let (config, store, stop) = (self.config.clone(), self.store.clone(), self.stop_all.clone());
+        tokio::spawn(async move {
+            if let Err(e) = speed_layer::run(config, store, stop).await {
+                panic!("speed layer failed: {e}");
+            }
+        })
+    }
+
+    /// Another archiver member of the same consumer group; abort the handle to crash it.
+    pub fn spawn_archiver(&self) -> JoinHandle<()> {
         let (config, stop) = (self.config.clone(), self.stop_all.clone());
-        self.archiver = Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Err(e) = batch_layer::archive::archiver::run(config, stop).await {
                 panic!("archiver failed: {e}");
             }
-        }));
+        })
     }
 
     /// Aborts the speed layer wherever it is: its in-memory segment state is lost, nothing is flushed.

@@ -106,12 +106,7 @@ async fn exactly_once_under_crashes() {
     let messages = sample_messages(&h.config);
     h.start_speed();
     h.start_archiver();
-    let producer = {
-        let (kafka, messages) = (h.config.kafka.clone(), messages.clone());
-        tokio::spawn(async move {
-            lambda::produce::send(&kafka, &messages, Some(250.0), &Default::default()).await.unwrap()
-        })
-    };
+    let producer = h.spawn_producer(&messages, 250.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut speed_kills, mut archive_kills) = (0, 0);
     for round in 0..6 {
@@ -168,12 +163,7 @@ async fn speed_view_alone_is_exact_across_crashes() {
     let mut h = Harness::start_with(2, support::CRASH_CONFIG).await;
     let messages = sample_messages(&h.config);
     h.start_speed();
-    let producer = {
-        let (kafka, messages) = (h.config.kafka.clone(), messages.clone());
-        tokio::spawn(async move {
-            lambda::produce::send(&kafka, &messages, Some(300.0), &Default::default()).await.unwrap()
-        })
-    };
+    let producer = h.spawn_producer(&messages, 300.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for _ in 0..5 {
         let since = h.speed_progress().await;
@@ -308,12 +298,7 @@ async fn rebalances_between_members_stay_exact() {
     let messages = sample_messages(&h.config);
     h.start_speed();
     h.start_archiver();
-    let producer = {
-        let (kafka, messages) = (h.config.kafka.clone(), messages.clone());
-        tokio::spawn(async move {
-            lambda::produce::send(&kafka, &messages, Some(500.0), &Default::default()).await.unwrap()
-        })
-    };
+    let producer = h.spawn_producer(&messages, 500.0);
     h.wait_progress(true, 0, PATIENCE).await;
     let second_speed = h.spawn_speed();
     let second_archiver = h.spawn_archiver();

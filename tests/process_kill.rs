@@ -76,12 +76,7 @@ async fn sigkilled_processes_lose_nothing_and_count_nothing_twice() {
     archive.start();
 
     let messages = sample_messages(&h.config);
-    let producer = {
-        let (kafka, messages) = (h.config.kafka.clone(), messages.clone());
-        tokio::spawn(async move {
-            lambda::produce::send(&kafka, &messages, Some(250.0), &Default::default()).await.unwrap()
-        })
-    };
+    let producer = h.spawn_producer(&messages, 250.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
     for round in 0..5 {
         let (speed_since, archive_since) = (h.speed_progress().await, h.archive_progress());

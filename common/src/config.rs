@@ -49,6 +49,12 @@ pub struct KafkaConfig {
     /// librdkafka properties applied to every client (e.g. `"security.protocol" = "ssl"`).
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// librdkafka properties for the consumers only, applied after `client` (e.g. `"session.timeout.ms"`).
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for `lambda produce` only, applied after `client` (e.g. `"compression.type"`).
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
 }
 
 /// `[schema]`: the event fields, the event-time field and the dedup key.

@@ -2,16 +2,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
 
 use crate::config::KafkaConfig;
 
 /// Consumer settings of both consumers: `group_id`, manual commits only (offsets are committed after the
-/// downstream write is durable), `earliest` reset for a new group, then the user's `[kafka.client]` overrides.
+/// downstream write is durable), `earliest` reset for a new group, then the user's `[kafka.client]` and
+/// `[kafka.consumer]` overrides.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
@@ -22,17 +24,25 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
-    for (k, v) in &kafka.client {
+    for (k, v) in kafka.client.iter().chain(&kafka.consumer) {
         c.set(k, v);
     }
     c
 }
 
-/// Producer settings: idempotent-safe defaults for `lambda produce`, then the user's overrides.
+/// A consumer of `group_id` ([`consumer_config`]) tracking its assignment, subscribed to `kafka.topic`.
+pub fn subscribe(kafka: &KafkaConfig, group_id: &str) -> KafkaResult<Arc<StreamConsumer<AssignmentContext>>> {
+    let consumer: StreamConsumer<AssignmentContext> =
+        consumer_config(kafka, group_id).create_with_context(AssignmentContext::default())?;
+    consumer.subscribe(&[&kafka.topic])?;
+    Ok(Arc::new(consumer))
+}
+
+/// Producer settings for `lambda produce`, then the user's `[kafka.client]` and `[kafka.producer]` overrides.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers).set("linger.ms", "5").set("message.timeout.ms", "30000");
-    for (k, v) in &kafka.client {
+    for (k, v) in kafka.client.iter().chain(&kafka.producer) {
         c.set(k, v);
     }
     c

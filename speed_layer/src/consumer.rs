@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::config::Config;
 use common::dead_letter;
-use common::kafka::{consumer_config, AssignmentContext};
+use common::kafka::{subscribe, AssignmentContext};
 use common::schema::Decoder;
 use common::store::{Seal, SpeedRow, ViewStore};
 use common::view::ViewSet;
@@ -33,12 +33,7 @@ type Kafka = StreamConsumer<AssignmentContext>;
 /// until shutdown ([`Error::Cancelled`]).
 pub async fn run(config: Config, store: Arc<dyn ViewStore>, shutdown: CancellationToken) -> Result<()> {
     m::describe();
-    let consumer: Arc<Kafka> = Arc::new(
-        consumer_config(&config.kafka, &config.kafka.speed_group)
-            .create_with_context(AssignmentContext::default())
-            .map_err(Error::kafka("create consumer"))?,
-    );
-    consumer.subscribe(&[&config.kafka.topic]).map_err(Error::kafka("subscribe"))?;
+    let consumer = subscribe(&config.kafka, &config.kafka.speed_group).map_err(Error::kafka("subscribe"))?;
     info!(topic = %config.kafka.topic, group = %config.kafka.speed_group, "speed layer started");
 
     let mut tick = tokio::time::interval(config.speed.flush_interval);

@@ -27,7 +27,7 @@ use truth::{Expected, GRANULARITIES, VIEWS};
 pub const TEST_CONFIG: &str = r#"
 [kafka]
 topic = "events"
-[kafka.client]
+[kafka.consumer]
 # an aborted consumer never leaves its group: evict it fast so restarts rejoin in seconds
 "session.timeout.ms" = "3000"
 "heartbeat.interval.ms" = "300"
@@ -183,6 +183,14 @@ impl Harness {
     pub async fn produce(&self, messages: &[Outgoing], rate: Option<f64>) {
         let sent = lambda::produce::send(&self.config.kafka, messages, rate, &CancellationToken::new()).await.unwrap();
         assert_eq!(sent as usize, messages.len());
+    }
+
+    /// Sends `messages` in the background at `rate` events/s; the handle yields the number sent.
+    pub fn spawn_producer(&self, messages: &[Outgoing], rate: f64) -> JoinHandle<u64> {
+        let (kafka, messages) = (self.config.kafka.clone(), messages.to_vec());
+        tokio::spawn(async move {
+            lambda::produce::send(&kafka, &messages, Some(rate), &CancellationToken::new()).await.unwrap()
+        })
     }
 
     /// High watermark of every partition.

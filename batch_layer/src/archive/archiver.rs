@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::config::{Config, FieldType};
 use common::dead_letter::{self, DeadLetter};
-use common::kafka::{consumer_config, AssignmentContext};
+use common::kafka::{subscribe, AssignmentContext};
 use common::schema::Decoder;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -68,12 +68,7 @@ impl OpenFile {
 /// Errors: the Kafka client cannot be created or subscribed; a file cannot be written.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     m::describe();
-    let consumer: Arc<Kafka> = Arc::new(
-        consumer_config(&config.kafka, &config.kafka.archive_group)
-            .create_with_context(AssignmentContext::default())
-            .map_err(Error::kafka("create consumer"))?,
-    );
-    consumer.subscribe(&[&config.kafka.topic]).map_err(Error::kafka("subscribe"))?;
+    let consumer = subscribe(&config.kafka, &config.kafka.archive_group).map_err(Error::kafka("subscribe"))?;
     info!(topic = %config.kafka.topic, group = %config.kafka.archive_group, root = %config.archive.root.display(), "archiver started");
     let mut archiver = Archiver {
         decoder: Decoder::new(&config),

@@ -52,11 +52,21 @@ async fn ground_truth_speed_then_batch_then_mixed() {
     h.wait_sealed_and_archived(PATIENCE).await;
     let second = h.batch().await;
     assert_eq!(second.generation, manifest.generation + 1);
+    let after_second = h.all_speed_rows().await;
     let (actual, sources, _) = h.answers().await;
     assert_eq!(actual, expected_all, "{}", truth::diff(&expected_all, &actual));
     assert_eq!(sources.keys().collect::<Vec<_>>(), vec!["batch"], "{sources:?}");
     let third = h.batch().await;
-    assert_eq!((third.cutoffs, third.rows), (second.cutoffs, second.rows));
+    assert_eq!((&third.cutoffs, &third.rows), (&second.cutoffs, &second.rows));
+    // cleanup: keep_generations (2) generations stay, and the speed rows of segments below the *previous*
+    // manifest's cutoffs are deleted (after the third run that is everything: the second reached the log end)
+    assert_eq!(h.store.generations().await.unwrap(), vec![second.generation, third.generation]);
+    assert!(after_second.iter().all(|r| r.segment_start >= manifest.cutoffs[&r.partition]), "absorbed by the first");
+    assert!(
+        after_second.iter().any(|r| r.segment_start < second.cutoffs[&r.partition]),
+        "kept for readers of the first"
+    );
+    assert!(h.all_speed_rows().await.is_empty(), "absorbed by the second manifest");
     let (again, _, _) = h.answers().await;
     assert_eq!(again, expected_all);
     h.shutdown().await;

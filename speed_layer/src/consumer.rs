@@ -209,6 +209,10 @@ impl SpeedLayer {
         metrics::counter!(m::SEAL_CONFLICTS).increment(1);
         if recorded.end > end {
             info!(partition, start, end, recorded = recorded.end, "a longer seal is recorded; extending the segment");
+            // the dead letters of [start, end) are rewritten under the recorded range when it seals
+            let stale = dead_letter::partition_dir(&self.config.archive.root, "speed", topic, partition)
+                .join(format!("{start:020}-{end:020}.jsonl"));
+            let _ = std::fs::remove_file(stale);
             seg.sealed_end = Some(recorded.end);
             return Ok(Sealed::Extended);
         }

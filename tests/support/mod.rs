@@ -140,16 +140,21 @@ impl Harness {
         }
     }
 
-    /// Progress of the speed layer: the sum over partitions of the largest `upto_offset` among its rows.
-    pub async fn speed_progress(&self) -> i64 {
+    /// Every speed row of `by_type` by day (one per segment and cell).
+    pub async fn all_speed_rows(&self) -> Vec<common::store::SpeedRow> {
         let q = common::store::RowQuery {
             view: "by_type".into(),
             granularity: common::view::Granularity::Day,
             from: None,
             to: None,
         };
+        self.store.speed_rows(&q).await.unwrap()
+    }
+
+    /// Progress of the speed layer: the sum over partitions of the largest `upto_offset` among its rows.
+    pub async fn speed_progress(&self) -> i64 {
         let mut best: HashMap<i32, i64> = HashMap::new();
-        for r in self.store.speed_rows(&q).await.unwrap() {
+        for r in self.all_speed_rows().await {
             let e = best.entry(r.partition).or_default();
             *e = (*e).max(r.upto_offset);
         }

@@ -279,7 +279,10 @@ impl SpeedLayer {
     }
 
     async fn flush_open_segments(&mut self) {
-        for state in self.partitions.values_mut() {
+        for (&partition, state) in self.partitions.iter_mut() {
+            if self.consumer.context().epoch(partition) != Some(state.epoch) {
+                continue; // revoked: write nothing more
+            }
             let rows = state.segment.take_dirty_rows(&self.views, state.segment.position);
             if let Err(e) = self.store.upsert_speed_rows(&rows).await {
                 warn!(error = %e, "final flush failed; the open segment will be replayed on restart");

@@ -70,9 +70,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     m::describe();
     let consumer = subscribe(&config.kafka, &config.kafka.archive_group).map_err(Error::kafka("subscribe"))?;
     info!(topic = %config.kafka.topic, group = %config.kafka.archive_group, root = %config.archive.root.display(), "archiver started");
+    let decoder = Decoder::new(&config);
     let mut archiver = Archiver {
-        decoder: Decoder::new(&config),
-        fields: Arc::new(Decoder::new(&config).fields().to_vec()),
+        fields: Arc::new(decoder.fields().to_vec()),
+        decoder,
         open: HashMap::new(),
         consumer: consumer.clone(),
         config,

@@ -186,7 +186,7 @@ impl SpeedLayer {
         let seg = &mut state.segment;
         let (partition, start) = (seg.partition, seg.start);
         let rows = seg.take_dirty_rows(&self.views, end);
-        self.write_rows_retrying(&rows).await?;
+        self.retry(|| self.write_rows(&rows)).await?;
         if !seg.dead_letters().is_empty() {
             let root = &self.config.archive.root;
             let letters = seg.dead_letters();
@@ -299,10 +299,6 @@ impl SpeedLayer {
         metrics::histogram!(m::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::ROWS_WRITTEN).increment(rows.len() as u64);
         Ok(())
-    }
-
-    async fn write_rows_retrying(&self, rows: &[SpeedRow]) -> Result<()> {
-        self.retry(|| self.write_rows(rows)).await
     }
 
     /// Retries a store operation with exponential backoff (100 ms doubling to 5 s) until it succeeds, fails

@@ -78,12 +78,51 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         duplicates: f64,
     },
-    /// Write synthetic e-commerce events as JSON Lines.
+    /// Synthetic e-commerce events at scale, as JSON Lines or straight into the archive's Parquet layout.
+    ///
+    /// The value distributions are fitted on --fit (a CSV with the e-commerce header), or come from the
+    /// built-in model (fitted on the real November 2019 sample).
+    #[command(group(clap::ArgGroup::new("output").required(true).args(["out", "archive"])))]
     Generate {
+        /// Number of events, e.g. 1000000, 1e7 or 10M.
+        #[arg(long, value_parser = parse_count)]
+        events: u64,
+        /// Write Kafka-shaped JSON Lines here (feed them to `lambda produce`).
         #[arg(long)]
-        events: usize,
+        out: Option<PathBuf>,
+        /// Write archive Parquet files under this root, as the archiver would (must hold no archive yet).
         #[arg(long)]
-        out: PathBuf,
+        archive: Option<PathBuf>,
+        /// Partitions of the simulated topic (with --archive).
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Records per archive file (default: archive.max_file_records).
+        #[arg(long)]
+        file_records: Option<usize>,
+        /// Fit the distributions on this CSV file instead of using the built-in model.
+        #[arg(long)]
+        fit: Option<PathBuf>,
+        /// Percentage of events that are exact copies of a recent event.
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Percentage of events whose event time is up to --late-max before their production time.
+        #[arg(long, default_value_t = 0.0)]
+        late: f64,
+        /// How late a late event can be.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        late_max: std::time::Duration,
+        /// Distinct products (default: events / 30, between 1,000 and 200,000).
+        #[arg(long)]
+        products: Option<usize>,
+        /// Distinct users (default: events / 18).
+        #[arg(long)]
+        users: Option<usize>,
+        /// Mean events per session.
+        #[arg(long, default_value_t = 4.9)]
+        session_mean: f64,
+        /// Zipf exponent of product popularity and user activity.
+        #[arg(long, default_value_t = 1.0)]
+        zipf: f64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
@@ -112,6 +151,23 @@ enum ConfigCommand {
     Check { file: PathBuf },
     /// Print the effective configuration as TOML.
     Show,
+}
+
+/// Parses a count written as `1000000`, `1_000_000`, `1e6` or `1M` (k, M, G).
+fn parse_count(s: &str) -> Result<u64, String> {
+    let t = s.trim().replace('_', "");
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('M') => (&t[..t.len() - 1], 1e6),
+        Some('G') => (&t[..t.len() - 1], 1e9),
+        _ => (t.as_str(), 1.0),
+    };
+    let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a count (e.g. 1000000, 1e6, 1M)"))?;
+    let n = value * mult;
+    if n < 0.0 || n.fract() != 0.0 || n > 1e12 {
+        return Err(format!("`{s}` is not a whole count between 0 and 1e12"));
+    }
+    Ok(n as u64)
 }
 
 #[tokio::main]
@@ -185,9 +241,65 @@ async fn run(cli: Cli) -> Result<()> {
             let report = lambda::produce::run(&config, &input, &options, &shutdown).await?;
             println!("sent {} messages ({} duplicates) to {}", report.sent, report.duplicates, config.kafka.topic);
         }
-        Command::Generate { events, out, seed } => {
-            lambda::generate::write_jsonl(&out, events, seed)?;
-            println!("wrote {events} events to {}", out.display());
+        Command::Generate {
+            events,
+            out,
+            archive,
+            partitions,
+            file_records,
+            fit,
+            duplicates,
+            late,
+            late_max,
+            products,
+            users,
+            session_mean,
+            zipf,
+            seed,
+        } => {
+            let model = match &fit {
+                Some(path) => {
+                    let model = lambda::generate::Model::fit(path)?;
+                    eprintln!("{}: {}", path.display(), model.summary());
+                    model
+                }
+                None => lambda::generate::Model::builtin(),
+            };
+            let options = lambda::generate::GenerateOptions {
+                events,
+                seed,
+                duplicates: duplicates / 100.0,
+                late: late / 100.0,
+                late_max_s: late_max.as_secs() as i64,
+                shape: lambda::generate::Shape { products, users, zipf, session_mean, ..Default::default() },
+                ..Default::default()
+            };
+            if let Some(out) = out {
+                let copies = lambda::generate::write_jsonl(&out, &model, options)?;
+                println!("wrote {events} events ({copies} duplicates) to {}", out.display());
+            } else if let Some(root) = archive {
+                let bar = indicatif::ProgressBar::new(events).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} generating [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                let file_records = file_records.unwrap_or(config.archive.max_file_records);
+                let report =
+                    lambda::generate::write_archive(&root, &config, partitions, file_records, &model, options, |n| {
+                        bar.set_position(n)
+                    })?;
+                bar.finish_and_clear();
+                println!(
+                    "wrote {} events ({} duplicates) in {} files under {}; log end offsets {:?}",
+                    report.events,
+                    report.duplicates,
+                    report.files,
+                    root.display(),
+                    report.ends
+                );
+            }
         }
         Command::Config { command: ConfigCommand::Show } => print!("{}", toml::to_string_pretty(&config)?),
         Command::Config { command: ConfigCommand::Check { .. } } => unreachable!("handled above"),

@@ -137,6 +137,16 @@ enum Command {
 enum BatchCommand {
     /// Run once and print the published manifest.
     Run,
+    /// Compute the batch view without publishing it: one Parquet file per view and granularity under --out.
+    Export {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Cutoff of one partition, `PARTITION=OFFSET` (repeat per partition). Without any, the cutoffs a
+        /// run would use now (from the store's seals and the archive).
+        #[arg(long = "cutoff", value_parser = parse_cutoff)]
+        cutoffs: Vec<(i32, i64)>,
+    },
     /// Run on a cron schedule until stopped.
     Schedule {
         /// Cron expression (default: batch.cron).
@@ -151,6 +161,14 @@ enum ConfigCommand {
     Check { file: PathBuf },
     /// Print the effective configuration as TOML.
     Show,
+}
+
+/// Parses `PARTITION=OFFSET`.
+fn parse_cutoff(s: &str) -> Result<(i32, i64), String> {
+    let (p, o) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected PARTITION=OFFSET, e.g. 0=1500000"))?;
+    let p = p.trim().parse().map_err(|_| format!("`{s}`: partition `{p}` is not an integer"))?;
+    let o = o.trim().parse().map_err(|_| format!("`{s}`: offset `{o}` is not an integer"))?;
+    Ok((p, o))
 }
 
 /// Parses a count written as `1000000`, `1_000_000`, `1e6` or `1M` (k, M, G).
@@ -219,6 +237,18 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(manifest) => println!("{}", serde_json::to_string_pretty(&manifest)?),
                 None => println!("another batch run holds the lease; nothing done"),
             }
+        }
+        Command::Batch { command: BatchCommand::Export { out, cutoffs } } => {
+            let cutoffs: std::collections::BTreeMap<i32, i64> = if cutoffs.is_empty() {
+                let store = common::store::open(&config.store.url).await?;
+                batch_layer::job::cutoffs(&config, &store).await?.0
+            } else {
+                cutoffs.into_iter().collect()
+            };
+            let report = tokio::task::spawn_blocking(move || batch_layer::job::export::export(&config, &cutoffs, &out))
+                .await
+                .context("the export task panicked")??;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Batch { command: BatchCommand::Schedule { cron } } => {
             let store = common::store::open(&config.store.url).await?;

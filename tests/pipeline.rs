@@ -47,6 +47,25 @@ async fn ground_truth_speed_then_batch_then_mixed() {
     let expected_all = truth::expected(&rows);
     let sources = h.wait_for_answers(&expected_all, PATIENCE).await;
     assert!(sources.contains_key("both") && sources.contains_key("batch"), "mixed sources expected: {sources:?}");
+    // top-10 brands by revenue over a week, across batch and speed rows
+    let (from, to) = (truth::unix_seconds("2019-11-11 00:00:00 UTC"), truth::unix_seconds("2019-11-18 00:00:00 UTC"));
+    let want = truth::top_brands(&rows, from, to, 10);
+    let (status, body) = h
+        .get("/v1/views/by_brand?granularity=day&from=2019-11-11T00:00:00Z&to=2019-11-18T00:00:00Z&group_by=brand&order_by=sum_price&top=10")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let got: Vec<(Option<String>, i64, i64)> = answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let brand = r["dims"]["brand"].as_str().map(str::to_owned);
+            let count = r["metrics"]["count"].as_i64().unwrap();
+            (brand, count, truth::decimal_micros(&r["metrics"]["sum_price"].to_string()))
+        })
+        .collect();
+    assert_eq!(got, want, "top-10 brands by revenue over 2019-11-11..18");
 
     // and a second batch run absorbs the rest, still exact; a third run is idempotent
     h.wait_sealed_and_archived(PATIENCE).await;

@@ -23,7 +23,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tracing::error;
 
-use crate::merge::{merge, Shape};
+use crate::merge::{self, merge, Order, Shape};
 use crate::metrics as m;
 
 /// Shared state of the handlers.
@@ -162,6 +162,8 @@ async fn list_views(State(state): State<AppState>) -> Json<serde_json::Value> {
                     "from": "optional RFC 3339 time; buckets starting at or after it",
                     "to": "optional RFC 3339 time; buckets starting before it",
                     "group_by": "optional comma-separated dimensions (default: all; empty: none)",
+                    "order_by": "optional metric[:asc|:desc] (default desc); sorts rows by it instead of by bucket",
+                    "top": "optional N (1-10000, needs order_by): totals per group over the whole range, the N first by order_by",
                     "<dimension>": "optional equality filter on a dimension",
                 }
             })
@@ -208,7 +210,12 @@ struct ParsedQuery {
     from: Option<i64>,
     to: Option<i64>,
     shape: Shape,
+    order: Option<Order>,
+    top: Option<usize>,
 }
+
+/// Largest `top`; a ranking past it is an export, not a query.
+pub const MAX_TOP: usize = 10_000;
 
 fn parse_time(parameter: &str, value: &str) -> Result<i64, ApiError> {
     DateTime::parse_from_rfc3339(value)
@@ -221,6 +228,7 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
     let (mut from, mut to) = (None, None);
     let mut group_by: Option<Vec<usize>> = None;
     let mut filters = Vec::new();
+    let (mut order, mut top) = (None, None);
     for (name, value) in params {
         match name.as_str() {
             "granularity" => {
@@ -232,6 +240,29 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
             }
             "from" => from = Some(parse_time("from", value)?),
             "to" => to = Some(parse_time("to", value)?),
+            "order_by" => {
+                let (metric, direction) = value.split_once(':').unwrap_or((value.as_str(), "desc"));
+                let descending = match direction {
+                    "desc" => true,
+                    "asc" => false,
+                    other => return Err(bad("order_by", format!("direction `{other}` must be asc or desc"))),
+                };
+                let i = view.metric_names.iter().position(|m| m == metric).ok_or_else(|| {
+                    bad(
+                        "order_by",
+                        format!("`{metric}` is not a metric of `{}` ({})", view.name, view.metric_names.join(", ")),
+                    )
+                })?;
+                order = Some(Order { metric: i, descending });
+            }
+            "top" => {
+                let n: usize = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_TOP).contains(n))
+                    .ok_or_else(|| bad("top", format!("`{value}` must be a whole number from 1 to {MAX_TOP}")))?;
+                top = Some(n);
+            }
             "group_by" => {
                 let mut idx = Vec::new();
                 for d in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
@@ -250,7 +281,7 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
                     bad(
                         dim,
                         format!(
-                            "unknown parameter or dimension `{dim}`; `{}` has dimensions {} and parameters granularity, from, to, group_by",
+                            "unknown parameter or dimension `{dim}`; `{}` has dimensions {} and parameters granularity, from, to, group_by, order_by, top",
                             view.name,
                             view.dimensions.join(", ")
                         ),
@@ -266,10 +297,15 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
             return Err(bad("from", "`from` must be before `to`"));
         }
     }
+    if top.is_some() && order.is_none() {
+        return Err(bad("top", "`top` ranks groups by a metric: give `order_by` too, e.g. order_by=count"));
+    }
     Ok(ParsedQuery {
         granularity,
         from,
         to,
+        order,
+        top,
         shape: Shape { filters, group_by: group_by.unwrap_or_else(|| (0..view.dimensions.len()).collect()) },
     })
 }
@@ -291,7 +327,12 @@ async fn query_view(
         None => Vec::new(),
     };
     let speed = state.store.speed_rows(&rq).await?;
-    let merged = merge(manifest.as_ref(), &batch, &speed, &q.shape);
+    let mut merged = merge(manifest.as_ref(), &batch, &speed, &q.shape);
+    match (q.order, q.top) {
+        (Some(order), Some(n)) => merged = merge::top(merged, order, n),
+        (Some(order), None) => merge::sort(&mut merged, order),
+        _ => {}
+    }
     let rows = merged
         .into_iter()
         .map(|r| RowOut {

@@ -104,6 +104,49 @@ pub fn merge(manifest: Option<&Manifest>, batch: &[BatchRow], speed: &[SpeedRow]
         .collect()
 }
 
+/// How `order_by` sorts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    /// Metric index in the view.
+    pub metric: usize,
+    pub descending: bool,
+}
+
+/// Totals per group over every bucket of `rows` (each output row's `bucket_start` is the earliest bucket
+/// it covers), the `top` groups by `order`, ties broken by dimensions ascending. What `top=N` answers.
+pub fn top(rows: Vec<MergedRow>, order: Order, top: usize) -> Vec<MergedRow> {
+    let mut totals: HashMap<Vec<Option<String>>, MergedRow> = HashMap::new();
+    for r in rows {
+        match totals.get_mut(&r.dims) {
+            None => {
+                totals.insert(r.dims.clone(), r);
+            }
+            Some(t) => {
+                t.bucket_start = t.bucket_start.min(r.bucket_start);
+                for (acc, v) in t.metrics.iter_mut().zip(&r.metrics) {
+                    *acc += v;
+                }
+                if t.source != r.source {
+                    t.source = Source::Both;
+                }
+            }
+        }
+    }
+    let mut out: Vec<MergedRow> = totals.into_values().collect();
+    sort(&mut out, order);
+    out.truncate(top);
+    out
+}
+
+/// Sorts rows by one metric (then bucket and dimensions ascending, so the order is total).
+pub fn sort(rows: &mut [MergedRow], order: Order) {
+    rows.sort_by(|a, b| {
+        let (x, y) = (a.metrics[order.metric], b.metrics[order.metric]);
+        let by_metric = if order.descending { y.cmp(&x) } else { x.cmp(&y) };
+        by_metric.then_with(|| (a.bucket_start, &a.dims).cmp(&(b.bucket_start, &b.dims)))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +222,34 @@ mod tests {
         let only_b = merge(None, &[], &speed, &Shape { filters: vec![(0, "b".into())], group_by: vec![0] });
         assert_eq!(only_b.len(), 1);
         assert_eq!(only_b[0].metrics, vec![3]);
+    }
+
+    #[test]
+    fn top_totals_groups_over_buckets_and_ranks_them() {
+        let row = |bucket: i64, dim: &str, revenue: i64, source: Source| MergedRow {
+            bucket_start: bucket,
+            dims: vec![Some(dim.into())],
+            metrics: vec![1, revenue],
+            source,
+        };
+        let rows = vec![
+            row(0, "a", 10, Source::Batch),
+            row(60, "a", 25, Source::Speed),
+            row(0, "b", 30, Source::Batch),
+            row(60, "c", 5, Source::Batch),
+            row(120, "d", 30, Source::Batch),
+        ];
+        // totals: a 35 (batch + speed), b 30, d 30, c 5
+        let got = top(rows.clone(), Order { metric: 1, descending: true }, 3);
+        let ranked: Vec<(&str, i64, i64, Source)> =
+            got.iter().map(|r| (r.dims[0].as_deref().unwrap(), r.metrics[0], r.metrics[1], r.source)).collect();
+        assert_eq!(
+            ranked,
+            vec![("a", 2, 35, Source::Both), ("b", 1, 30, Source::Batch), ("d", 1, 30, Source::Batch)],
+            "ties (b, d at 30) break by dimension"
+        );
+        assert_eq!(got[0].bucket_start, 0, "a total starts at its earliest bucket");
+        let lowest = top(rows, Order { metric: 1, descending: false }, 1);
+        assert_eq!(lowest[0].dims, vec![Some("c".to_owned())]);
     }
 }

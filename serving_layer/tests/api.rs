@@ -62,6 +62,12 @@ async fn every_bad_parameter_gets_a_400_naming_it() {
         ("/v1/views/by_type?granularity=day&colour=red", "colour"),
         ("/v1/views/by_type?granularity=day&brand=apple", "brand"),
         ("/v1/views/by_type?granularity=day&group_by=brand", "group_by"),
+        ("/v1/views/by_type?granularity=day&order_by=revenue", "order_by"),
+        ("/v1/views/by_type?granularity=day&order_by=count:up", "order_by"),
+        ("/v1/views/by_type?granularity=day&top=10", "top"),
+        ("/v1/views/by_type?granularity=day&order_by=count&top=0", "top"),
+        ("/v1/views/by_type?granularity=day&order_by=count&top=ten", "top"),
+        ("/v1/views/by_type?granularity=day&order_by=count&top=10001", "top"),
     ];
     for (path, parameter) in cases {
         let (status, body) = get(&api, path).await;

@@ -98,6 +98,29 @@ pub fn expected(rows: &[Row]) -> Expected {
     out
 }
 
+/// Brands ranked by revenue (sum of price, every event type) over event times in `[from, to)` (Unix
+/// seconds): (brand, count, revenue micro-units), revenue descending, ties by brand (missing first).
+pub fn top_brands(rows: &[Row], from: i64, to: i64, n: usize) -> Vec<(Option<String>, i64, i64)> {
+    let mut totals: BTreeMap<Option<String>, (i64, i64)> = BTreeMap::new();
+    for row in rows {
+        let t = unix_seconds(&row.fields["event_time"]);
+        if t < from || t >= to {
+            continue;
+        }
+        let brand = Some(row.fields["brand"].clone()).filter(|b| !b.is_empty());
+        let cell = totals.entry(brand).or_default();
+        cell.0 += 1;
+        cell.1 += match row.fields["price"].as_str() {
+            "" => 0,
+            p => decimal_micros(p),
+        };
+    }
+    let mut ranked: Vec<(Option<String>, i64, i64)> = totals.into_iter().map(|(b, (c, r))| (b, c, r)).collect();
+    ranked.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    ranked.truncate(n);
+    ranked
+}
+
 /// The first differences between two aggregates, for a readable failure.
 pub fn diff(expected: &Expected, actual: &Expected) -> String {
     let mut out = Vec::new();

@@ -2,7 +2,9 @@
 //! Runs never overlap (a lease in the store) and a run is idempotent.
 
 pub mod compute;
+pub mod export;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,6 +51,18 @@ pub async fn run_once(config: &Config, store: &Arc<dyn ViewStore>, options: &Run
     result.map(Some)
 }
 
+/// The cutoffs a run would use now (DESIGN.md §5 step 1), from the store's seals and the archive's files,
+/// with notes on whatever held one back (each also logged as a warning).
+pub async fn cutoffs(config: &Config, store: &Arc<dyn ViewStore>) -> Result<(BTreeMap<i32, i64>, Vec<String>)> {
+    let seals = store.seals(&config.kafka.topic).await?;
+    let files = archive::list(&config.archive.root, &config.kafka.topic)?;
+    let (cutoffs, notes) = cutoff::compute(&seals, &files);
+    for note in &notes {
+        warn!(%note, "cutoff held back");
+    }
+    Ok((cutoffs, notes))
+}
+
 async fn run_leased(config: &Config, store: &Arc<dyn ViewStore>, options: &RunOptions) -> Result<Manifest> {
     let started_at = Utc::now();
     let clock = Instant::now();
@@ -56,12 +70,8 @@ async fn run_leased(config: &Config, store: &Arc<dyn ViewStore>, options: &RunOp
     let previous = store.current_manifest().await?;
 
     // 1. cutoffs
-    let seals = store.seals(topic).await?;
+    let (cutoffs, notes) = cutoffs(config, store).await?;
     let files = archive::list(&config.archive.root, topic)?;
-    let (cutoffs, notes) = cutoff::compute(&seals, &files);
-    for note in &notes {
-        warn!(%note, "cutoff held back");
-    }
     if let Some(prev) = &previous {
         for (&partition, &published) in &prev.cutoffs {
             let new = cutoffs.get(&partition).copied().unwrap_or(0);
@@ -100,7 +110,7 @@ async fn run_leased(config: &Config, store: &Arc<dyn ViewStore>, options: &RunOp
 
     // 3. the new generation (rows of a crashed attempt at the same number are cleared first)
     store.delete_generation(generation).await?;
-    let mut rows = std::collections::BTreeMap::new();
+    let mut rows = BTreeMap::new();
     for (view, g, table) in &computed.tables {
         bar.set_message(format!("writing {view}/{g}"));
         store.write_batch_rows(generation, table).await?;

@@ -57,7 +57,9 @@ fn args() -> Result<Args> {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--bench" => {}
-            "--quick" => a = Args { events: 20_000, runs: 1, e2e_events: 5_000, probes: 10, load_rate: 200.0, json: None },
+            "--quick" => {
+                a = Args { events: 20_000, runs: 1, e2e_events: 5_000, probes: 10, load_rate: 200.0, json: None }
+            }
             "--events" => a.events = value()?.parse()?,
             "--runs" => a.runs = value()?.parse()?,
             "--e2e-events" => a.e2e_events = value()?.parse()?,
@@ -276,7 +278,10 @@ async fn freshness(model: &Model, probes: usize, load_rate: f64) -> Result<Vec<f
                 }
             }
         }
-        ensure!(Instant::now() < deadline + Duration::from_secs(probes as u64), "freshness: probes never became visible");
+        ensure!(
+            Instant::now() < deadline + Duration::from_secs(probes as u64),
+            "freshness: probes never became visible"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.cancel();
@@ -324,7 +329,11 @@ fn main() -> Result<()> {
     println!("end to end: {e2e_rate:.0} events/s (consumer group join took {join:.1} s, excluded)");
     let lat = rt.block_on(freshness(&model, a.probes, a.load_rate))?;
     let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), lat[lat.len() - 1]);
-    println!("freshness ({} probes, {} events/s load): p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms", lat.len(), a.load_rate);
+    println!(
+        "freshness ({} probes, {} events/s load): p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms",
+        lat.len(),
+        a.load_rate
+    );
 
     let (w, c, b, r) = (stats(&wall), stats(&per_cpu), stats(&base), stats(&ratio));
     println!();

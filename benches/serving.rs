@@ -1,0 +1,301 @@
+//! Serving-layer benchmark (`cargo bench --bench serving -- [--events N] [--runs R] [--seconds S]
+//! [--connections C] [--json FILE]`). Needs `wrk` (Debian package) and `taskset` (util-linux).
+//!
+//! Setup: `--events` generated events (fitted on the real sample) written straight into the archive of 3
+//! partitions, seals recorded for every archive file, one real batch run (generation 1 in SQLite), then
+//! `--speed-events` more events applied through the speed layer's segment code past the cutoffs, so every
+//! answer merges batch and speed rows. Each answer is first checked against a truth computed from the
+//! generated events (not from the store).
+//!
+//! Load: the API runs in this process pinned to CPU 0; `wrk` runs pinned to CPU 1 for `--seconds` per
+//! query per run. Queries: a day of minute buckets of `by_type`; top-10 brands by revenue over a week; and
+//! the baseline, an unknown route answered by the same server (the HTTP stack's floor, same run).
+//! Figures: requests/s and wrk's p50/p99 latency, min/median/max over `--runs`.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use chrono::DateTime;
+use common::config::Config;
+use common::schema::Decoder;
+use common::store::{Seal, ViewStore};
+use common::view::ViewSet;
+use lambda::generate::{GenerateOptions, Generated, Generator, Model};
+use serde_json::json;
+use speed_layer::segment::Segment;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+struct Args {
+    events: u64,
+    speed_events: u64,
+    runs: usize,
+    seconds: u64,
+    connections: u32,
+    json: Option<PathBuf>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args { events: 2_000_000, speed_events: 50_000, runs: 3, seconds: 10, connections: 16, json: None };
+    if !std::env::args().any(|x| x == "--bench") {
+        // `cargo test` runs this target as a smoke test
+        a = Args { events: 20_000, speed_events: 2_000, runs: 1, seconds: 1, connections: 4, json: None };
+    }
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--bench" => {}
+            "--events" => a.events = value()?.parse()?,
+            "--speed-events" => a.speed_events = value()?.parse()?,
+            "--runs" => a.runs = value()?.parse()?,
+            "--seconds" => a.seconds = value()?.parse()?,
+            "--connections" => a.connections = value()?.parse()?,
+            "--json" => a.json = Some(value()?.into()),
+            other => bail!("unknown argument `{other}`; see the header of benches/serving.rs"),
+        }
+    }
+    Ok(a)
+}
+
+const DAY: &str = "2019-11-15T00:00:00Z";
+const WEEK: (&str, &str) = ("2019-11-11T00:00:00Z", "2019-11-18T00:00:00Z");
+
+fn ts(s: &str) -> i64 {
+    DateTime::parse_from_rfc3339(s).expect("static time").timestamp()
+}
+
+/// Truth from the generated events: (rows of the day-of-minutes answer, top-10 (brand, revenue micros)).
+fn truth(events: &[Generated]) -> (usize, Vec<(Option<String>, i64)>) {
+    let day = ts(DAY);
+    let (from, to) = (ts(WEEK.0), ts(WEEK.1));
+    let mut cells = std::collections::HashSet::new();
+    let mut revenue: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    for e in events {
+        if (day..day + 86_400).contains(&e.event_time) {
+            cells.insert((e.event_time / 60, e.event_type));
+        }
+        if (from..to).contains(&e.event_time) {
+            let brand = Some(e.brand.to_owned()).filter(|b| !b.is_empty());
+            *revenue.entry(brand).or_default() += (e.price * 1e6).round() as i64;
+        }
+    }
+    let mut top: Vec<(Option<String>, i64)> = revenue.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(10);
+    (cells.len(), top)
+}
+
+struct Loaded {
+    _dir: tempfile::TempDir,
+    config: Config,
+    store: Arc<dyn ViewStore>,
+    events: Vec<Generated>,
+}
+
+async fn load(a: &Args, model: &Model) -> Result<Loaded> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::defaults();
+    config.store.url = format!("sqlite://{}", dir.path().join("views.db").display());
+    config.archive.root = dir.path().join("archive");
+    let store = common::store::open(&config.store.url).await?;
+    let options = GenerateOptions { events: a.events, seed: 11, ..GenerateOptions::default() };
+    let report =
+        lambda::generate::write_archive(&config.archive.root, &config, 3, 100_000, model, options.clone(), |_| {})?;
+    for (partition, files) in batch_layer::archive::list(&config.archive.root, "events")? {
+        for f in files {
+            store.record_seal("events", Seal { partition, start: f.first, end: f.next }).await?;
+        }
+    }
+    let manifest = batch_layer::job::run_once(&config, &store, &Default::default()).await?.context("lease")?;
+    ensure!(manifest.cutoffs == report.ends, "the batch run covers the whole archive");
+    let mut events: Vec<Generated> = Generator::new(model, options)?.collect();
+
+    // speed rows past the cutoffs: a segment per partition starting at its cutoff
+    let decoder = Decoder::new(&config);
+    let views = ViewSet::new(&config);
+    let more = GenerateOptions { events: a.speed_events, seed: 12, ..GenerateOptions::default() };
+    let extra: Vec<Generated> = Generator::new(model, more)?.collect();
+    let mut segments: BTreeMap<i32, Segment> =
+        report.ends.iter().map(|(&p, &end)| (p, Segment::open(p, end, None))).collect();
+    for (i, e) in extra.iter().enumerate() {
+        let p = (i % 3) as i32;
+        let seg = segments.get_mut(&p).expect("3 partitions");
+        let payload = serde_json::to_vec(&e.to_json())?;
+        let offset = seg.position;
+        seg.apply("events", offset, None, &payload, &decoder, &views);
+    }
+    for seg in segments.values_mut() {
+        let rows = seg.take_dirty_rows(&views, seg.position);
+        store.upsert_speed_rows(&rows).await?;
+    }
+    events.extend(extra);
+    Ok(Loaded { _dir: dir, config, store, events })
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+}
+
+fn ms(text: &str) -> Option<f64> {
+    let (num, unit) = text.find(|c: char| c.is_ascii_alphabetic()).map(|i| text.split_at(i))?;
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1_000.0,
+        "ms" => v,
+        "s" => v * 1_000.0,
+        "m" => v * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(url: &str, a: &Args, expect_ok: bool) -> Result<WrkResult> {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            &format!("-c{}", a.connections),
+            &format!("-d{}s", a.seconds),
+            "--latency",
+            url,
+        ])
+        .output()
+        .context("running `taskset -c 1 wrk` (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    if expect_ok {
+        ensure!(!text.contains("Non-2xx"), "wrk saw error responses for {url}:\n{text}");
+    }
+    let mut r = WrkResult::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Requests/sec:", v] => r.rps = v.parse()?,
+            ["50%", v] => r.p50_ms = ms(v).context("p50")?,
+            ["99%", v] => r.p99_ms = ms(v).context("p99")?,
+            [n, "requests", "in", ..] => r.requests = n.parse()?,
+            _ => {}
+        }
+    }
+    ensure!(r.rps > 0.0 && r.requests > 0, "could not read wrk's output:\n{text}");
+    Ok(r)
+}
+
+fn stats(xs: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = xs.collect();
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    common::telemetry::init_tracing("warn");
+    // pin every thread of this process (the API and SQLite) to CPU 0; wrk gets CPU 1
+    let pid = std::process::id().to_string();
+    let pinned = Command::new("taskset").args(["-a", "-c", "-p", "0", &pid]).output();
+    ensure!(pinned.is_ok_and(|o| o.status.success()), "taskset could not pin the server to CPU 0");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ecommerce/2019-Nov-sample.csv");
+    let model = if sample.exists() { Model::fit(&sample)? } else { Model::builtin() };
+
+    println!(
+        "serving bench: {} batch + {} speed events; wrk -c{} for {} s x {} runs",
+        a.events, a.speed_events, a.connections, a.seconds, a.runs
+    );
+    let loaded = rt.block_on(load(&a, &model))?;
+    let stop = CancellationToken::new();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let server = rt.spawn(serving_layer::serve(listener, loaded.config.clone(), loaded.store.clone(), stop.clone()));
+
+    let day_url = format!("http://{addr}/v1/views/by_type?granularity=minute&from={DAY}&to=2019-11-16T00:00:00Z");
+    let top_url = format!(
+        "http://{addr}/v1/views/by_brand?granularity=day&from={}&to={}&group_by=brand&order_by=sum_price&top=10",
+        WEEK.0, WEEK.1
+    );
+    let floor_url = format!("http://{addr}/v1/no-such-route");
+
+    // correctness first, against the generated events
+    let (want_rows, want_top) = truth(&loaded.events);
+    let get = |url: &str| -> Result<serde_json::Value> {
+        let url = url.to_owned();
+        Ok(rt.block_on(async move { reqwest::get(&url).await?.json::<serde_json::Value>().await })?)
+    };
+    let day = get(&day_url)?;
+    let rows = day["rows"].as_array().context("rows")?;
+    ensure!(rows.len() == want_rows, "day of minutes: {} rows, truth {want_rows}", rows.len());
+    let top = get(&top_url)?;
+    let got_top: Vec<(Option<String>, i64)> = top["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .map(|r| {
+            let revenue: f64 = r["metrics"]["sum_price"].to_string().parse().unwrap_or(f64::NAN);
+            (r["dims"]["brand"].as_str().map(str::to_owned), (revenue * 1e6).round() as i64)
+        })
+        .collect();
+    ensure!(got_top == want_top, "top-10 brands: {got_top:?}\ntruth: {want_top:?}");
+    let day_bytes = serde_json::to_vec(&day)?.len();
+    println!("answers checked: day of minutes = {want_rows} rows ({day_bytes} bytes), top-10 brands match");
+
+    let queries = [
+        ("day of minute buckets, by_type", &day_url, true),
+        ("top-10 brands by revenue, a week", &top_url, true),
+        ("baseline: 404 from the same server", &floor_url, false),
+    ];
+    let mut results: BTreeMap<&str, Vec<WrkResult>> = BTreeMap::new();
+    for run in 0..a.runs {
+        for (name, url, ok) in &queries {
+            let r = wrk(url, &a, *ok)?;
+            println!(
+                "run {}: {name:38} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                run + 1,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms
+            );
+            results.entry(name).or_default().push(r);
+        }
+    }
+    stop.cancel();
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await });
+
+    let base = results["baseline: 404 from the same server"].clone();
+    println!();
+    println!("| query | req/s (min / median / max) | p50 ms (median) | p99 ms (min / median / max) | req/s vs baseline (median) |");
+    println!("|---|---|---|---|---|");
+    let mut out = serde_json::Map::new();
+    for (name, _, _) in &queries {
+        let rs = &results[name];
+        let q = stats(rs.iter().map(|r| r.rps));
+        let p50 = stats(rs.iter().map(|r| r.p50_ms));
+        let p99 = stats(rs.iter().map(|r| r.p99_ms));
+        let ratio = stats(rs.iter().zip(&base).map(|(r, b)| r.rps / b.rps));
+        println!(
+            "| {name} | {:.0} / {:.0} / {:.0} | {:.2} | {:.2} / {:.2} / {:.2} | {:.3} |",
+            q.0, q.1, q.2, p50.1, p99.0, p99.1, p99.2, ratio.1
+        );
+        out.insert(
+            name.to_string(),
+            json!({"rps": rs.iter().map(|r| r.rps).collect::<Vec<_>>(), "p50_ms": rs.iter().map(|r| r.p50_ms).collect::<Vec<_>>(),
+                   "p99_ms": rs.iter().map(|r| r.p99_ms).collect::<Vec<_>>(), "requests": rs.iter().map(|r| r.requests).collect::<Vec<_>>()}),
+        );
+    }
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&serde_json::Value::Object(out))?)?;
+    }
+    Ok(())
+}

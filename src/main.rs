@@ -11,6 +11,11 @@ use common::Config;
 use lambda::demo::DemoOptions;
 use lambda::produce::ProduceOptions;
 
+// mimalloc keeps freed memory for reuse: with glibc's allocator a batch run spent about a fifth of its time
+// in the kernel zeroing fresh pages for Polars' large, short-lived buffers (BENCHMARKS.md, batch profile).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "lambda", version, about = "Lambda-architecture analytics over a Kafka topic of JSON events")]
 struct Cli {

@@ -43,9 +43,10 @@ def main():
     )
     records = con.execute("SELECT count(*) FROM events").fetchone()[0]
     micros = lambda c: f"epoch_us({c})"
+    truncate = lambda x: f"CAST(trunc({x}) AS BIGINT)"
     for v in config["views"]:
         for g in v["granularities"]:
-            sql = views.aggregate_sql(v, g, fields, config["schema"]["event_time"], micros).replace(" div ", " // ")
+            sql = views.aggregate_sql(v, g, fields, config["schema"]["event_time"], micros, truncate).replace(" div ", " // ")
             sql = sql.replace("AS STRING", "AS VARCHAR")
             path = os.path.join(out, f"{v['name']}_{g}.parquet")
             con.execute(f"COPY ({sql}) TO '{path}' (FORMAT parquet)")

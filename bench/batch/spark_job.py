@@ -61,9 +61,10 @@ def main():
     n = events.count()
     events.createOrReplaceTempView("events")
     micros = lambda c: f"unix_micros({c})"
+    truncate = lambda x: f"CAST({x} AS BIGINT)"
     for v in config["views"]:
         for g in v["granularities"]:
-            sql = views.aggregate_sql(v, g, fields, config["schema"]["event_time"], micros)
+            sql = views.aggregate_sql(v, g, fields, config["schema"]["event_time"], micros, truncate)
             spark.sql(sql).coalesce(1).write.mode("overwrite").parquet(os.path.join(out, f"{v['name']}_{g}"))
     compute_seconds = time.perf_counter() - clock
     spark.stop()

@@ -32,8 +32,10 @@ def needed_columns(config, fields):
     return seen
 
 
-def aggregate_sql(view, granularity, fields, event_time, micros_expr, table="events"):
-    """The SELECT for one table; `micros_expr(col)` gives the engine's Unix-microseconds expression."""
+def aggregate_sql(view, granularity, fields, event_time, micros_expr, truncate, table="events"):
+    """The SELECT for one table. `micros_expr(col)` is the engine's Unix-microseconds expression and
+    `truncate(x)` its double -> BIGINT conversion toward zero (Spark's CAST truncates; DuckDB's CAST rounds
+    half to even, so DuckDB needs trunc() first: the equality check caught that)."""
     step = STEPS[granularity]
     select = [f"({micros_expr(event_time)} div {step * 1_000_000}) * {step} AS bucket_start"]
     for d in view["dimensions"]:
@@ -47,11 +49,10 @@ def aggregate_sql(view, granularity, fields, event_time, micros_expr, table="eve
             continue
         field = m.split(":", 1)[1]
         if fields[field] == "i64":
-            select.append(f"COALESCE(SUM({field} * 1000000), 0) AS sum_{field}")
+            select.append(f"CAST(COALESCE(SUM({field} * 1000000), 0) AS BIGINT) AS sum_{field}")
         else:
             s = f"({field} * CAST(1000000 AS DOUBLE))"
-            select.append(
-                f"COALESCE(SUM(CAST(CASE WHEN {s} >= 0 THEN {s} + 0.5 ELSE {s} - 0.5 END AS BIGINT)), 0) AS sum_{field}"
-            )
+            rounded = truncate(f"CASE WHEN {s} >= 0 THEN {s} + 0.5 ELSE {s} - 0.5 END")
+            select.append(f"CAST(COALESCE(SUM({rounded}), 0) AS BIGINT) AS sum_{field}")
     groups = ", ".join(str(i + 1) for i in range(1 + len(view["dimensions"])))
     return f"SELECT {', '.join(select)} FROM {table} GROUP BY {groups}"

@@ -2,7 +2,7 @@
 //! written as Parquet instead of published. One file per view and granularity,
 //! `<out>/<view>_<granularity>.parquet`, with columns `bucket_start` (Int64, Unix seconds UTC), one Utf8
 //! column per dimension (null for a missing or empty value) and one Int64 column per metric (`count`;
-//! `sum_<field>` in micro-units, 1e-6 of the field's unit), rows in (bucket, dimensions) order.
+//! `sum_<field>` in micro-units, 1e-6 of the field's unit), rows in no particular order.
 //!
 //! Used to inspect a generation before it is published, to hand exact aggregates to other tools, and by
 //! the batch benchmark (`bench/batch`) to compare engines on identical output.
@@ -10,23 +10,17 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
 use common::config::Config;
 use common::schema::Decoder;
-use common::store::BatchRow;
 use common::view::ViewSet;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use polars::prelude::ParquetWriter;
 use serde::Serialize;
 
 use crate::archive;
 use crate::job::compute;
-use crate::{Error, Result};
+use crate::Result;
 
 /// What an export computed and wrote, with the time each phase took.
 #[derive(Debug, Clone, Serialize)]
@@ -58,11 +52,12 @@ pub fn export(config: &Config, cutoffs: &BTreeMap<i32, i64>, out: &Path) -> Resu
     let clock = Instant::now();
     fs::create_dir_all(out).map_err(|e| common::Error::Io { path: out.to_owned(), source: e })?;
     let mut rows = BTreeMap::new();
-    for (name, g, table) in &computed.tables {
-        let view = views.get(name).expect("computed from these views");
-        let path = out.join(format!("{name}_{g}.parquet"));
-        write_table(&path, &view.dimensions, &view.metric_names, table)?;
-        rows.insert(format!("{name}/{g}"), table.len() as u64);
+    for table in &computed.tables {
+        let path = out.join(format!("{}_{}.parquet", table.view, table.granularity));
+        let mut frame = table.named(&views)?;
+        let file = File::create(&path).map_err(|e| common::Error::Io { path: path.clone(), source: e })?;
+        ParquetWriter::new(file).finish(&mut frame)?;
+        rows.insert(format!("{}/{}", table.view, table.granularity), table.height() as u64);
     }
     Ok(ExportReport {
         cutoffs: cutoffs.clone(),
@@ -73,28 +68,4 @@ pub fn export(config: &Config, cutoffs: &BTreeMap<i32, i64>, out: &Path) -> Resu
         compute_seconds,
         write_seconds: clock.elapsed().as_secs_f64(),
     })
-}
-
-fn write_table(path: &Path, dimensions: &[String], metrics: &[String], table: &[BatchRow]) -> Result<()> {
-    let mut sorted: Vec<&BatchRow> = table.iter().collect();
-    sorted.sort_by(|a, b| (a.key.bucket_start, &a.key.dims).cmp(&(b.key.bucket_start, &b.key.dims)));
-    let mut fields = vec![Field::new("bucket_start", DataType::Int64, false)];
-    let mut columns: Vec<ArrayRef> =
-        vec![Arc::new(Int64Array::from_iter_values(sorted.iter().map(|r| r.key.bucket_start)))];
-    for (i, d) in dimensions.iter().enumerate() {
-        fields.push(Field::new(d, DataType::Utf8, true));
-        columns.push(Arc::new(StringArray::from_iter(sorted.iter().map(|r| r.key.dims[i].as_deref()))));
-    }
-    for (i, m) in metrics.iter().enumerate() {
-        fields.push(Field::new(m, DataType::Int64, false));
-        columns.push(Arc::new(Int64Array::from_iter_values(sorted.iter().map(|r| r.metrics[i]))));
-    }
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-    let file = File::create(path).map_err(|e| common::Error::Io { path: path.to_owned(), source: e })?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let perr = |source| Error::Parquet { path: path.to_owned(), source };
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(perr)?;
-    writer.write(&batch).map_err(perr)?;
-    writer.close().map_err(perr)?;
-    Ok(())
 }

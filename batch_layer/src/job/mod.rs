@@ -111,11 +111,13 @@ async fn run_leased(config: &Config, store: &Arc<dyn ViewStore>, options: &RunOp
     // 3. the new generation (rows of a crashed attempt at the same number are cleared first)
     store.delete_generation(generation).await?;
     let mut rows = BTreeMap::new();
-    for (view, g, table) in &computed.tables {
+    for table in &computed.tables {
+        let (view, g) = (&table.view, table.granularity);
         bar.set_message(format!("writing {view}/{g}"));
-        store.write_batch_rows(generation, table).await?;
-        metrics::counter!(m::BATCH_ROWS).increment(table.len() as u64);
-        rows.insert(format!("{view}/{g}"), table.len() as u64);
+        let batch_rows = table.rows(&views).map_err(Error::Polars)?;
+        store.write_batch_rows(generation, &batch_rows).await?;
+        metrics::counter!(m::BATCH_ROWS).increment(batch_rows.len() as u64);
+        rows.insert(format!("{view}/{g}"), batch_rows.len() as u64);
         bar.inc(1);
     }
 

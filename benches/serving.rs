@@ -8,8 +8,11 @@
 //! generated events (not from the store).
 //!
 //! Load: the API runs in this process pinned to CPU 0; `wrk` runs pinned to CPU 1 for `--seconds` per
-//! query per run. Queries: a day of minute buckets of `by_type`; top-10 brands by revenue over a week; and
-//! the baseline, an unknown route answered by the same server (the HTTP stack's floor, same run).
+//! query per run. Queries: a day of minute buckets of `by_type`; top-10 brands by revenue over a week —
+//! each against the API with its default answer cache (`serve.cache_ttl` = 200 ms) and against a second
+//! instance without it (every request reads SQLite and merges); and the baseline, an unknown route
+//! answered by the same server (the HTTP stack's floor, same run), and the day answer's bytes served as a
+//! static body by a minimal axum route in the same runtime (the floor for an answer of that size).
 //! Figures: requests/s and wrk's p50/p99 latency, min/median/max over `--runs`.
 
 #![allow(clippy::print_stdout)]
@@ -72,13 +75,18 @@ fn ts(s: &str) -> i64 {
     DateTime::parse_from_rfc3339(s).expect("static time").timestamp()
 }
 
-/// Truth from the generated events: (rows of the day-of-minutes answer, top-10 (brand, revenue micros)).
+/// Truth from the generated events, deduplicated by content: (rows of the day-of-minutes answer, top-10 (brand, revenue micros)).
 fn truth(events: &[Generated]) -> (usize, Vec<(Option<String>, i64)>) {
     let day = ts(DAY);
     let (from, to) = (ts(WEEK.0), ts(WEEK.1));
     let mut cells = std::collections::HashSet::new();
     let mut revenue: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    // the dedup key is the content: two generated events can coincide (same session, product and second)
+    let mut seen = std::collections::HashSet::new();
     for e in events {
+        if !seen.insert(serde_json::to_string(&e.to_json()).expect("serializable")) {
+            continue;
+        }
         if (day..day + 86_400).contains(&e.event_time) {
             cells.insert((e.event_time / 60, e.event_type));
         }
@@ -220,6 +228,12 @@ fn main() -> Result<()> {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr: SocketAddr = listener.local_addr()?;
     let server = rt.spawn(serving_layer::serve(listener, loaded.config.clone(), loaded.store.clone(), stop.clone()));
+    // the same API without the answer cache (serve.cache_ttl = 0): every request reads the store
+    let uncached_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let uncached: SocketAddr = uncached_listener.local_addr()?;
+    let mut no_cache = loaded.config.clone();
+    no_cache.serve.cache_ttl = Duration::ZERO;
+    let server2 = rt.spawn(serving_layer::serve(uncached_listener, no_cache, loaded.store.clone(), stop.clone()));
 
     let day_url = format!("http://{addr}/v1/views/by_type?granularity=minute&from={DAY}&to=2019-11-16T00:00:00Z");
     let top_url = format!(
@@ -251,10 +265,30 @@ fn main() -> Result<()> {
     let day_bytes = serde_json::to_vec(&day)?.len();
     println!("answers checked: day of minutes = {want_rows} rows ({day_bytes} bytes), top-10 brands match");
 
+    // the machine's floor for an answer of this size: the same bytes served as a static body, same runtime
+    let static_body = axum::body::Bytes::from(serde_json::to_vec(&day)?);
+    let static_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let static_url = format!("http://{}/", static_listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let body = static_body.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    );
+    let static_stop = stop.clone();
+    rt.spawn(
+        async move { axum::serve(static_listener, app).with_graceful_shutdown(static_stop.cancelled_owned()).await },
+    );
+    let uncached_day = day_url.replace(&addr.to_string(), &uncached.to_string());
+    let uncached_top = top_url.replace(&addr.to_string(), &uncached.to_string());
     let queries = [
         ("day of minute buckets, by_type", &day_url, true),
         ("top-10 brands by revenue, a week", &top_url, true),
+        ("day of minutes, no cache", &uncached_day, true),
+        ("top-10 brands, no cache", &uncached_top, true),
         ("baseline: 404 from the same server", &floor_url, false),
+        ("baseline: static body of the day answer's size", &static_url, true),
     ];
     let mut results: BTreeMap<&str, Vec<WrkResult>> = BTreeMap::new();
     for run in 0..a.runs {
@@ -271,7 +305,10 @@ fn main() -> Result<()> {
         }
     }
     stop.cancel();
-    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await });
+    let _ = rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), server2).await;
+    });
 
     let base = results["baseline: 404 from the same server"].clone();
     println!();

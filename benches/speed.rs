@@ -1,7 +1,9 @@
 //! Speed-layer benchmark (`cargo bench --bench speed -- [--events N] [--runs R] [--quick] [--json FILE]`).
 //! Under `cargo test` it runs in `--quick` mode as a smoke test: it checks results, it asserts no timings.
 //!
-//! 1. **Core, in-process** (one thread): the speed layer's per-record work on generated JSON payloads —
+//! 1. **Core, in-process** (one thread), twice: *live* (event times advance at 400k events/s, as in a live
+//!    stream at the target rate) and *replay* (the same events over a month of event time, as when
+//!    re-consuming history): the speed layer's per-record work on generated JSON payloads —
 //!    decode, dedup within the segment, aggregate every view x granularity — with a flush of the dirty rows
 //!    to the SQLite store every `speed.flush_interval` and a seal every `speed.segment_max_records`, as the
 //!    consumer does. Reported as events/s of wall time and events per CPU-second (process user + system
@@ -82,9 +84,54 @@ fn model() -> Result<Model> {
     }
 }
 
-fn payloads(model: &Model, n: u64, duplicates: f64, config: &Config) -> Result<Vec<Outgoing>> {
+/// Generated payloads. `live = Some(rate)`: event times advance at `rate` events per second from the
+/// model's first second, as in a live stream at that rate (a flush touches the few current buckets);
+/// `None`: the model's month of event time (a replay of history: a flush touches hundreds of buckets).
+fn payloads(model: &Model, n: u64, duplicates: f64, live: Option<f64>, config: &Config) -> Result<Vec<Outgoing>> {
     let options = GenerateOptions { events: n, duplicates, seed: 7, ..GenerateOptions::default() };
-    Ok(Generator::new(model, options)?.map(|g| produce::outgoing_from_object(g.to_json(), config)).collect())
+    Ok(Generator::new(model, options)?
+        .enumerate()
+        .map(|(i, mut g)| {
+            if let Some(rate) = live {
+                g.event_time = model.span.0 + (i as f64 / rate) as i64;
+            }
+            produce::outgoing_from_object(g.to_json(), config)
+        })
+        .collect())
+}
+
+/// Figures of one series of core runs.
+#[derive(Debug, Default)]
+struct Series {
+    wall: Vec<f64>,
+    per_cpu: Vec<f64>,
+    base: Vec<f64>,
+    ratio: Vec<f64>,
+}
+
+fn core_series(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    name: &str,
+    messages: &[Outgoing],
+    runs: usize,
+) -> Result<Series> {
+    let n = messages.len() as f64;
+    let mut s = Series::default();
+    for r in 0..runs {
+        let b = n / baseline_scan(messages)?;
+        let (w, cpu, rows) = rt.block_on(core_run(config, messages))?;
+        let (eps, epc) = (n / w, n / cpu);
+        println!(
+            "{name} run {}: core {eps:>9.0} events/s wall, {epc:>9.0} events/CPU-s, {rows} rows flushed; baseline {b:>9.0} events/s",
+            r + 1
+        );
+        s.base.push(b);
+        s.wall.push(eps);
+        s.per_cpu.push(epc);
+        s.ratio.push(eps / b);
+    }
+    Ok(s)
 }
 
 /// CPU seconds (user + system) of this process so far, from /proc/self/stat.
@@ -202,6 +249,10 @@ async fn end_to_end(messages: &[Outgoing]) -> Result<(f64, f64)> {
             ensure!(got == want, "end to end: stored count {got} exceeds {want}");
             break;
         }
+        if speed.is_finished() {
+            let outcome = speed.await;
+            bail!("end to end: the speed layer stopped at {got} of {want}: {outcome:?}");
+        }
         ensure!(started.elapsed() < Duration::from_secs(600), "end to end: only {got} of {want} after 600 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -221,7 +272,7 @@ async fn freshness(model: &Model, probes: usize, load_rate: f64) -> Result<Vec<f
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
     let api = tokio::spawn(serving_layer::serve(listener, c.config.clone(), c.store.clone(), stop.clone()));
-    let load = payloads(model, (load_rate * (probes as f64 * 0.1 + 30.0)) as u64, 0.0, &c.config)?;
+    let load = payloads(model, (load_rate * (probes as f64 * 0.1 + 30.0)) as u64, 0.0, Some(load_rate), &c.config)?;
     let (kafka, load_stop) = (c.config.kafka.clone(), stop.clone());
     let background = tokio::spawn(async move { produce::send(&kafka, &load, Some(load_rate), &load_stop).await });
 
@@ -304,28 +355,15 @@ fn main() -> Result<()> {
     let config = Config::defaults();
     let model = model()?;
     println!("speed bench: {} events x {} runs (2% duplicates), defaults config", a.events, a.runs);
-    let messages = payloads(&model, a.events, 0.02, &config)?;
-    let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
-    println!("payloads: {:.1} MB, {:.0} bytes/event", bytes as f64 / 1e6, bytes as f64 / messages.len() as f64);
-
-    let (mut base, mut wall, mut per_cpu, mut ratio) = (vec![], vec![], vec![], vec![]);
-    for r in 0..a.runs {
-        let b = a.events as f64 / baseline_scan(&messages)?;
-        let (w, cpu, rows) = rt.block_on(core_run(&config, &messages))?;
-        let (eps, epc) = (a.events as f64 / w, a.events as f64 / cpu);
-        println!(
-            "run {}: core {:>9.0} events/s wall, {:>9.0} events/CPU-s, {rows} rows flushed; baseline {:>9.0} events/s",
-            r + 1,
-            eps,
-            epc,
-            b
-        );
-        base.push(b);
-        wall.push(eps);
-        per_cpu.push(epc);
-        ratio.push(eps / b);
-    }
-    let (e2e_rate, join) = rt.block_on(end_to_end(&payloads(&model, a.e2e_events, 0.0, &config)?))?;
+    let live = payloads(&model, a.events, 0.02, Some(400_000.0), &config)?;
+    let bytes: usize = live.iter().map(|m| m.payload.len()).sum();
+    println!("payloads: {:.1} MB, {:.0} bytes/event", bytes as f64 / 1e6, bytes as f64 / live.len() as f64);
+    let live_series = core_series(&rt, &config, "live", &live, a.runs)?;
+    drop(live);
+    let replay = payloads(&model, a.events, 0.02, None, &config)?;
+    let replay_series = core_series(&rt, &config, "replay", &replay, a.runs)?;
+    drop(replay);
+    let (e2e_rate, join) = rt.block_on(end_to_end(&payloads(&model, a.e2e_events, 0.0, Some(400_000.0), &config)?))?;
     println!("end to end: {e2e_rate:.0} events/s (consumer group join took {join:.1} s, excluded)");
     let lat = rt.block_on(freshness(&model, a.probes, a.load_rate))?;
     let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), lat[lat.len() - 1]);
@@ -335,20 +373,26 @@ fn main() -> Result<()> {
         a.load_rate
     );
 
-    let (w, c, b, r) = (stats(&wall), stats(&per_cpu), stats(&base), stats(&ratio));
     println!();
     println!("| figure | min | median | max |");
     println!("|---|---|---|---|");
-    println!("| core, events/s (wall, 1 thread + SQLite writer) | {:.0} | {:.0} | {:.0} |", w.0, w.1, w.2);
-    println!("| core, events per CPU-second | {:.0} | {:.0} | {:.0} |", c.0, c.1, c.2);
-    println!("| baseline: serde_json scan, events/s | {:.0} | {:.0} | {:.0} |", b.0, b.1, b.2);
-    println!("| core / baseline (same run) | {:.3} | {:.3} | {:.3} |", r.0, r.1, r.2);
+    for (name, series) in [("live", &live_series), ("replay", &replay_series)] {
+        let (w, c, b, r) = (stats(&series.wall), stats(&series.per_cpu), stats(&series.base), stats(&series.ratio));
+        println!("| {name}: core events/s (wall, 1 thread + SQLite writer) | {:.0} | {:.0} | {:.0} |", w.0, w.1, w.2);
+        println!("| {name}: core events per CPU-second | {:.0} | {:.0} | {:.0} |", c.0, c.1, c.2);
+        println!("| {name}: baseline serde_json scan, events/s | {:.0} | {:.0} | {:.0} |", b.0, b.1, b.2);
+        println!("| {name}: core / baseline (same run) | {:.3} | {:.3} | {:.3} |", r.0, r.1, r.2);
+    }
     println!("| end to end via mock broker, events/s | | {e2e_rate:.0} | |");
     println!("| freshness ms (p50 / p99 / max) | | {p50:.0} / {p99:.0} / {max:.0} | |");
     if let Some(path) = a.json {
         let out = json!({
-            "events": a.events, "runs": a.runs, "core_events_per_s": wall, "core_events_per_cpu_s": per_cpu,
-            "baseline_events_per_s": base, "ratio": ratio, "e2e_events_per_s": e2e_rate,
+            "events": a.events, "runs": a.runs,
+            "live": {"core_events_per_s": live_series.wall, "core_events_per_cpu_s": live_series.per_cpu,
+                     "baseline_events_per_s": live_series.base, "ratio": live_series.ratio},
+            "replay": {"core_events_per_s": replay_series.wall, "core_events_per_cpu_s": replay_series.per_cpu,
+                       "baseline_events_per_s": replay_series.base, "ratio": replay_series.ratio},
+            "e2e_events_per_s": e2e_rate,
             "freshness_ms": {"p50": p50, "p99": p99, "max": max, "probes": lat.len(), "load_rate": a.load_rate},
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&out)?)?;

@@ -166,6 +166,21 @@ pub struct ServeConfig {
     /// Bearer tokens accepted by `/v1/*`; empty means no authentication.
     #[serde(default)]
     pub auth_tokens: Vec<String>,
+    /// View answers are served from memory for this long after they are computed (identical query
+    /// strings share one computation); `0s` disables the cache. Answers can be this much older than the store.
+    #[serde(with = "humantime_serde", default = "default_cache_ttl")]
+    pub cache_ttl: Duration,
+    /// Most answers kept in the cache.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: u64,
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_cache_entries() -> u64 {
+    10_000
 }
 
 impl Config {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,7 @@ use common::config::Config;
 use common::decimal::format_micros;
 use common::store::{Manifest, RowQuery, ViewStore};
 use common::view::{Granularity, View, ViewSet};
+use moka::future::Cache;
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -32,11 +34,16 @@ pub struct AppState {
     config: Arc<Config>,
     views: Arc<ViewSet>,
     store: Arc<dyn ViewStore>,
+    /// Serialized answers by view and query string, for `serve.cache_ttl` (None when 0).
+    cache: Option<Cache<String, Bytes>>,
 }
 
 impl AppState {
     pub fn new(config: Config, store: Arc<dyn ViewStore>) -> Self {
-        AppState { views: Arc::new(ViewSet::new(&config)), config: Arc::new(config), store }
+        let ttl = config.serve.cache_ttl;
+        let cache = (!ttl.is_zero())
+            .then(|| Cache::builder().max_capacity(config.serve.cache_entries).time_to_live(ttl).build());
+        AppState { views: Arc::new(ViewSet::new(&config)), config: Arc::new(config), store, cache }
     }
 }
 
@@ -79,6 +86,12 @@ impl From<common::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.respond()
+    }
+}
+
+impl ApiError {
+    fn respond(&self) -> Response {
         match self {
             ApiError::BadParameter { parameter, message } => {
                 (StatusCode::BAD_REQUEST, Json(json!({"error": {"parameter": parameter, "message": message}})))
@@ -313,13 +326,34 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
 async fn query_view(
     State(state): State<AppState>,
     Path(view_name): Path<String>,
+    RawQuery(raw): RawQuery,
     Query(params): Query<Vec<(String, String)>>,
-) -> Result<Json<ViewAnswer>, ApiError> {
-    let view = state.views.get(&view_name).ok_or_else(|| {
+) -> Response {
+    let json = |body: Bytes| ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let compute = {
+        let state = state.clone();
+        let view_name = view_name.clone();
+        async move { answer_view(&state, &view_name, &params).await }
+    };
+    match &state.cache {
+        None => compute.await.map_or_else(|e| e.respond(), json),
+        Some(cache) => {
+            let key = format!("{view_name}?{}", raw.unwrap_or_default());
+            // concurrent misses of one key share a single computation; errors are not cached
+            match cache.try_get_with(key, compute).await {
+                Ok(body) => json(body),
+                Err(e) => e.respond(),
+            }
+        }
+    }
+}
+
+async fn answer_view(state: &AppState, view_name: &str, params: &[(String, String)]) -> Result<Bytes, ApiError> {
+    let view = state.views.get(view_name).ok_or_else(|| {
         let known: Vec<&str> = state.views.views.iter().map(|v| v.name.as_str()).collect();
         bad("view", format!("unknown view `{view_name}`; known views: {}", known.join(", ")))
     })?;
-    let q = parse_query(view, &params)?;
+    let q = parse_query(view, params)?;
     let manifest = state.store.current_manifest().await?;
     let rq = RowQuery { view: view.name.clone(), granularity: q.granularity, from: q.from, to: q.to };
     let batch = match &manifest {
@@ -327,48 +361,55 @@ async fn query_view(
         None => Vec::new(),
     };
     let speed = state.store.speed_rows(&rq).await?;
-    let mut merged = merge(manifest.as_ref(), &batch, &speed, &q.shape);
-    match (q.order, q.top) {
-        (Some(order), Some(n)) => merged = merge::top(merged, order, n),
-        (Some(order), None) => merge::sort(&mut merged, order),
-        _ => {}
-    }
-    let rows = merged
-        .into_iter()
-        .map(|r| RowOut {
-            bucket_start: DateTime::from_timestamp(r.bucket_start, 0)
-                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                .unwrap_or_default(),
-            dims: q
-                .shape
-                .group_by
-                .iter()
-                .zip(r.dims)
-                .map(|(&i, v)| {
-                    (view.dimensions[i].clone(), v.map_or(serde_json::Value::Null, serde_json::Value::String))
-                })
-                .collect(),
-            metrics: view
-                .metric_names
-                .iter()
-                .zip(&view.metrics)
-                .zip(&r.metrics)
-                .map(|((name, metric), &v)| {
-                    let text = if metric.is_decimal() { format_micros(v) } else { v.to_string() };
-                    (name.clone(), RawValue::from_string(text).expect("decimal text is a JSON number"))
-                })
-                .collect(),
-            source: r.source.as_str(),
-        })
-        .collect();
-    Ok(Json(ViewAnswer {
-        view: view.name.clone(),
-        granularity: q.granularity,
-        manifest: manifest.map(|m| ManifestRef {
-            generation: m.generation,
-            cutoffs: m.cutoffs,
-            finished_at: m.finished_at,
-        }),
-        rows,
-    }))
+    let view = view.clone();
+    // merging and serializing thousands of rows is CPU work: keep it off the async workers, so cached
+    // answers and other requests are served meanwhile
+    let build = move || {
+        let mut merged = merge(manifest.as_ref(), &batch, &speed, &q.shape);
+        match (q.order, q.top) {
+            (Some(order), Some(n)) => merged = merge::top(merged, order, n),
+            (Some(order), None) => merge::sort(&mut merged, order),
+            _ => {}
+        }
+        let rows = merged
+            .into_iter()
+            .map(|r| RowOut {
+                bucket_start: DateTime::from_timestamp(r.bucket_start, 0)
+                    .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_default(),
+                dims: q
+                    .shape
+                    .group_by
+                    .iter()
+                    .zip(r.dims)
+                    .map(|(&i, v)| {
+                        (view.dimensions[i].clone(), v.map_or(serde_json::Value::Null, serde_json::Value::String))
+                    })
+                    .collect(),
+                metrics: view
+                    .metric_names
+                    .iter()
+                    .zip(&view.metrics)
+                    .zip(&r.metrics)
+                    .map(|((name, metric), &v)| {
+                        let text = if metric.is_decimal() { format_micros(v) } else { v.to_string() };
+                        (name.clone(), RawValue::from_string(text).expect("decimal text is a JSON number"))
+                    })
+                    .collect(),
+                source: r.source.as_str(),
+            })
+            .collect();
+        let answer = ViewAnswer {
+            view: view.name.clone(),
+            granularity: q.granularity,
+            manifest: manifest.map(|m| ManifestRef {
+                generation: m.generation,
+                cutoffs: m.cutoffs,
+                finished_at: m.finished_at,
+            }),
+            rows,
+        };
+        Bytes::from(serde_json::to_vec(&answer).expect("answers serialize"))
+    };
+    Ok(tokio::task::spawn_blocking(build).await.expect("answer building does not panic"))
 }

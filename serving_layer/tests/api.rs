@@ -20,7 +20,10 @@ struct Api {
 
 async fn start(overrides: &str) -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml_str(overrides).unwrap();
+    let mut config = Config::from_toml_str(overrides).unwrap();
+    if !overrides.contains("cache_ttl") {
+        config.serve.cache_ttl = std::time::Duration::ZERO; // answers must follow each store change at once
+    }
     let store = common::store::open(&format!("sqlite://{}", dir.path().join("v.db").display())).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -213,5 +216,37 @@ async fn bearer_tokens_guard_the_v1_routes() {
     assert_eq!(client.get(&url).bearer_auth("wrong").send().await.unwrap().status().as_u16(), 401);
     assert_eq!(client.get(&url).bearer_auth("s3cret").send().await.unwrap().status().as_u16(), 200);
     assert_eq!(client.get(format!("{}/healthz", api.base)).send().await.unwrap().status().as_u16(), 200);
+    api.stop.cancel();
+}
+
+/// With `serve.cache_ttl`, a repeated query string is answered from memory until the TTL passes, and a
+/// bad parameter is never cached.
+#[tokio::test]
+async fn answers_are_cached_for_the_ttl() {
+    let api = start("[serve]\ncache_ttl = \"700ms\"\n").await;
+    let row = |count: i64, upto: i64| SpeedRow {
+        key: key("by_type", Granularity::Day, NOV1, &[Some("view")]),
+        partition: 0,
+        segment_start: 0,
+        upto_offset: upto,
+        metrics: vec![count, 0],
+    };
+    let path = "/v1/views/by_type?granularity=day";
+    let count = |body: &Value| body["rows"][0]["metrics"]["count"].as_i64();
+    api.store.upsert_speed_rows(&[row(1, 1)]).await.unwrap();
+    let (_, first) = get(&api, path).await;
+    assert_eq!(count(&first), Some(1));
+    api.store.upsert_speed_rows(&[row(5, 5)]).await.unwrap();
+    let (_, cached) = get(&api, path).await;
+    assert_eq!(count(&cached), Some(1), "within the TTL the cached answer is served");
+    let (_, other) = get(&api, "/v1/views/by_type?granularity=day&group_by=event_type").await;
+    assert_eq!(count(&other), Some(5), "another query string is computed afresh");
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let (_, fresh) = get(&api, path).await;
+    assert_eq!(count(&fresh), Some(5), "after the TTL the answer follows the store");
+    let (status, _) = get(&api, "/v1/views/by_type?granularity=week").await;
+    assert_eq!(status, 400);
+    let (status, _) = get(&api, "/v1/views/by_type?granularity=week").await;
+    assert_eq!(status, 400, "errors are not cached as answers");
     api.stop.cancel();
 }

@@ -305,7 +305,7 @@ fn main() -> Result<()> {
         }
     }
     stop.cancel();
-    let _ = rt.block_on(async {
+    rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), server2).await;
     });

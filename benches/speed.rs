@@ -53,6 +53,13 @@ struct Args {
     core_only: bool,
 }
 
+impl Args {
+    /// Seconds-long smoke run: what `cargo test` and `--quick` use.
+    fn quick() -> Args {
+        Args { events: 20_000, runs: 1, e2e_events: 5_000, probes: 10, load_rate: 200.0, json: None, core_only: false }
+    }
+}
+
 fn args() -> Result<Args> {
     let mut a = Args {
         events: 1_000_000,
@@ -65,32 +72,14 @@ fn args() -> Result<Args> {
     };
     // `cargo bench` passes --bench; `cargo test` (which runs this target as a smoke test) does not.
     if !std::env::args().any(|a| a == "--bench") {
-        a = Args {
-            events: 20_000,
-            runs: 1,
-            e2e_events: 5_000,
-            probes: 10,
-            load_rate: 200.0,
-            json: None,
-            core_only: false,
-        };
+        a = Args::quick();
     }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--bench" => {}
-            "--quick" => {
-                a = Args {
-                    events: 20_000,
-                    runs: 1,
-                    e2e_events: 5_000,
-                    probes: 10,
-                    load_rate: 200.0,
-                    json: None,
-                    core_only: false,
-                }
-            }
+            "--quick" => a = Args::quick(),
             "--events" => a.events = value()?.parse()?,
             "--runs" => a.runs = value()?.parse()?,
             "--e2e-events" => a.e2e_events = value()?.parse()?,

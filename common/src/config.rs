@@ -167,7 +167,9 @@ pub struct ServeConfig {
     #[serde(default)]
     pub auth_tokens: Vec<String>,
     /// View answers are served from memory for this long after they are computed (identical query
-    /// strings share one computation); `0s` disables the cache. Answers can be this much older than the store.
+    /// strings share one computation); after it, the first request triggers one recomputation and the
+    /// stale answer is served until it lands. `0s` disables the cache. Answers can be this much older than
+    /// the store, plus the time of one computation.
     #[serde(with = "humantime_serde", default = "default_cache_ttl")]
     pub cache_ttl: Duration,
     /// Most answers kept in the cache.

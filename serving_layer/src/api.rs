@@ -34,16 +34,29 @@ pub struct AppState {
     config: Arc<Config>,
     views: Arc<ViewSet>,
     store: Arc<dyn ViewStore>,
-    /// Serialized answers by view and query string, for `serve.cache_ttl` (None when 0).
-    cache: Option<Cache<String, Bytes>>,
+    /// Serialized answers by view and query string, with the time each was computed, for
+    /// `serve.cache_ttl` (None when 0).
+    cache: Option<Cache<String, (Instant, Bytes)>>,
+    /// Keys whose refresh is running, so an expired answer is recomputed once, not once per request.
+    refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// An answer older than `serve.cache_ttl` is still served for up to this many TTLs while one refresh runs;
+/// past that it is dropped and the next request computes it.
+const STALE_TTLS: u32 = 20;
 
 impl AppState {
     pub fn new(config: Config, store: Arc<dyn ViewStore>) -> Self {
         let ttl = config.serve.cache_ttl;
         let cache = (!ttl.is_zero())
-            .then(|| Cache::builder().max_capacity(config.serve.cache_entries).time_to_live(ttl).build());
-        AppState { views: Arc::new(ViewSet::new(&config)), config: Arc::new(config), store, cache }
+            .then(|| Cache::builder().max_capacity(config.serve.cache_entries).time_to_live(ttl * STALE_TTLS).build());
+        AppState {
+            views: Arc::new(ViewSet::new(&config)),
+            config: Arc::new(config),
+            store,
+            cache,
+            refreshing: Default::default(),
+        }
     }
 }
 
@@ -339,9 +352,25 @@ async fn query_view(
         None => compute.await.map_or_else(|e| e.respond(), json),
         Some(cache) => {
             let key = format!("{view_name}?{}", raw.unwrap_or_default());
+            if let Some((at, body)) = cache.get(&key).await {
+                if at.elapsed() >= state.config.serve.cache_ttl
+                    && state.refreshing.lock().expect("lock").insert(key.clone())
+                {
+                    // stale-while-revalidate: this request gets the stale answer, one task computes the next
+                    let (cache, refreshing) = (cache.clone(), state.refreshing.clone());
+                    tokio::spawn(async move {
+                        if let Ok(fresh) = compute.await {
+                            cache.insert(key.clone(), (Instant::now(), fresh)).await;
+                        }
+                        refreshing.lock().expect("lock").remove(&key);
+                    });
+                }
+                return json(body);
+            }
             // concurrent misses of one key share a single computation; errors are not cached
-            match cache.try_get_with(key, compute).await {
-                Ok(body) => json(body),
+            let computed = async move { compute.await.map(|body| (Instant::now(), body)) };
+            match cache.try_get_with(key, computed).await {
+                Ok((_, body)) => json(body),
                 Err(e) => e.respond(),
             }
         }

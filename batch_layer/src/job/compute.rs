@@ -128,7 +128,7 @@ pub fn compute(
         for g in grains {
             on_table(&view.name, g);
             let table = match &previous {
-                None => normalize_empty(aggregate(&events, view, g)?, view, g, field_types)?,
+                None => aggregate(&events, view, g)?,
                 Some((_, finer)) => roll_up(finer, view, g)?,
             };
             tables.push((g, table.clone()));
@@ -235,8 +235,8 @@ fn dedup_by_key(records: &DataFrame) -> PolarsResult<Option<BooleanChunked>> {
 }
 
 /// The rows kept by `keep`, with only the columns every view aggregates over, computed once: `__bucket` of
-/// the finest step in use (Unix seconds), the dimensions as text (`__d_<name>`; empty strings are mapped to
-/// null after aggregation, on far fewer rows) and each summed field in micro-units (`__s_<field>`).
+/// the finest step in use (Unix seconds), the dimensions as text (`__d_<name>`; empty strings become null,
+/// DESIGN.md §3) and each summed field in micro-units (`__s_<field>`).
 fn prepare(
     mut records: DataFrame,
     keep: Option<BooleanChunked>,
@@ -290,32 +290,6 @@ fn prepare(
             records.lazy().filter(col("__keep")).select(exprs).collect()
         }
     }
-}
-
-/// Empty dimension strings become null (DESIGN.md §3: a missing or empty value is null); groups that then
-/// coincide (one had `""`, one null) are added up.
-fn normalize_empty(
-    table: DataFrame,
-    view: &View,
-    g: Granularity,
-    field_types: &[(String, FieldType)],
-) -> PolarsResult<DataFrame> {
-    let mut exprs = Vec::new();
-    for d in &view.dimensions {
-        if field_types.iter().any(|(n, t)| n == d && *t != FieldType::String) {
-            continue;
-        }
-        let name = format!("__d_{d}");
-        let has_empty = table.column(&name)?.as_materialized_series().str()?.iter().any(|v| v == Some(""));
-        if has_empty {
-            let c = col(name.as_str());
-            exprs.push(when(c.clone().eq(lit(""))).then(lit(NULL).cast(DataType::String)).otherwise(c).alias(name));
-        }
-    }
-    if exprs.is_empty() {
-        return Ok(table);
-    }
-    roll_up(&table.lazy().with_columns(exprs).collect()?, view, g)
 }
 
 fn group_keys(view: &View, bucket: Expr) -> Vec<Expr> {

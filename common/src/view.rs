@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, FieldType};
 use crate::decimal::{f64_to_micros, MICROS_PER_UNIT};
-use crate::schema::{Event, Value};
+use crate::schema::FieldRef;
 
 /// Width of a time bucket. Buckets are aligned to the Unix epoch in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -102,13 +102,14 @@ pub enum ResolvedMetric {
 }
 
 impl ResolvedMetric {
-    /// This event's contribution: 1 for count, the field value in micro-units for a sum.
-    pub fn contribution(&self, event: &Event) -> i64 {
+    /// The contribution of an event with field `values` (schema order): 1 for count, the field value in
+    /// micro-units for a sum (null adds nothing).
+    pub fn contribution(&self, values: &[FieldRef<'_>]) -> i64 {
         match self {
             ResolvedMetric::Count => 1,
-            ResolvedMetric::Sum { field, .. } => match &event.values[*field] {
-                Value::I64(v) => v.saturating_mul(MICROS_PER_UNIT),
-                Value::F64(v) => f64_to_micros(*v),
+            ResolvedMetric::Sum { field, .. } => match &values[*field] {
+                FieldRef::I64(v) => v.saturating_mul(MICROS_PER_UNIT),
+                FieldRef::F64(v) => f64_to_micros(*v),
                 _ => 0,
             },
         }
@@ -136,18 +137,12 @@ pub struct View {
     pub granularities: Vec<Granularity>,
 }
 
-impl View {
-    /// Dimension values of `event`: strings as they are, i64 in decimal, missing or empty as `None`.
-    pub fn dims_of(&self, event: &Event) -> Vec<Option<String>> {
-        self.dimension_fields.iter().map(|&f| dimension_value(&event.values[f])).collect()
-    }
-}
-
-/// The dimension value of a field value (`None` for null and for the empty string).
-pub fn dimension_value(value: &Value) -> Option<String> {
+/// The dimension value of a field as text, `None` for null and for the empty string: strings as they are,
+/// integers in decimal (written into `buf`).
+pub fn dimension_text<'v>(value: &'v FieldRef<'_>, buf: &'v mut itoa::Buffer) -> Option<&'v str> {
     match value {
-        Value::Str(s) if !s.is_empty() => Some(s.clone()),
-        Value::I64(v) => Some(v.to_string()),
+        FieldRef::Str(s) if !s.is_empty() => Some(s),
+        FieldRef::I64(v) => Some(buf.format(*v)),
         _ => None,
     }
 }

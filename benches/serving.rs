@@ -17,6 +17,10 @@
 
 #![allow(clippy::print_stdout)]
 
+// The allocator of the `lambda` binary, so the figures are the shipped program's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -168,20 +172,13 @@ fn ms(text: &str) -> Option<f64> {
     })
 }
 
-fn wrk(url: &str, a: &Args, expect_ok: bool) -> Result<WrkResult> {
-    let out = Command::new("taskset")
-        .args([
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            &format!("-c{}", a.connections),
-            &format!("-d{}s", a.seconds),
-            "--latency",
-            url,
-        ])
-        .output()
-        .context("running `taskset -c 1 wrk` (apt-get install wrk)")?;
+fn wrk(url: &str, a: &Args, expect_ok: bool, gzip: bool) -> Result<WrkResult> {
+    let mut command = Command::new("taskset");
+    command.args(["-c", "1", "wrk", "-t1", &format!("-c{}", a.connections), &format!("-d{}s", a.seconds), "--latency"]);
+    if gzip {
+        command.args(["-H", "Accept-Encoding: gzip"]);
+    }
+    let out = command.arg(url).output().context("running `taskset -c 1 wrk` (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(out.status.success(), "wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
     if expect_ok {
@@ -263,37 +260,63 @@ fn main() -> Result<()> {
         .collect();
     ensure!(got_top == want_top, "top-10 brands: {got_top:?}\ntruth: {want_top:?}");
     let day_bytes = serde_json::to_vec(&day)?.len();
-    println!("answers checked: day of minutes = {want_rows} rows ({day_bytes} bytes), top-10 brands match");
+    // the same answer gzip-compressed, as a client sending Accept-Encoding: gzip gets it
+    let gzipped = rt.block_on(async {
+        let r = reqwest::Client::new().get(&day_url).header("accept-encoding", "gzip").send().await?;
+        ensure!(r.headers().get("content-encoding").is_some_and(|v| v == "gzip"), "the day answer is not gzip");
+        Ok::<_, anyhow::Error>(r.bytes().await?)
+    })?;
+    let mut unpacked = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut unpacked)?;
+    ensure!(serde_json::from_slice::<serde_json::Value>(&unpacked)? == day, "the gzip answer differs");
+    println!(
+        "answers checked: day of minutes = {want_rows} rows ({day_bytes} bytes, {} gzip), top-10 brands match",
+        gzipped.len()
+    );
 
-    // the machine's floor for an answer of this size: the same bytes served as a static body, same runtime
+    // the machine's floor for an answer of this size: the same bytes served as a static body, same runtime,
+    // plain and gzip
     let static_body = axum::body::Bytes::from(serde_json::to_vec(&day)?);
     let static_listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let static_url = format!("http://{}/", static_listener.local_addr()?);
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::get(move || {
-            let body = static_body.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
-        }),
-    );
+    let static_gzip_url = format!("{static_url}gzip");
+    use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let body = static_body.clone();
+                async move { ([(CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
+        .route(
+            "/gzip",
+            axum::routing::get(move || {
+                let body = gzipped.clone();
+                async move { ([(CONTENT_TYPE, "application/json"), (CONTENT_ENCODING, "gzip")], body) }
+            }),
+        );
     let static_stop = stop.clone();
     rt.spawn(
         async move { axum::serve(static_listener, app).with_graceful_shutdown(static_stop.cancelled_owned()).await },
     );
     let uncached_day = day_url.replace(&addr.to_string(), &uncached.to_string());
     let uncached_top = top_url.replace(&addr.to_string(), &uncached.to_string());
+    // (name, url, expect 2xx, send Accept-Encoding: gzip)
     let queries = [
-        ("day of minute buckets, by_type", &day_url, true),
-        ("top-10 brands by revenue, a week", &top_url, true),
-        ("day of minutes, no cache", &uncached_day, true),
-        ("top-10 brands, no cache", &uncached_top, true),
-        ("baseline: 404 from the same server", &floor_url, false),
-        ("baseline: static body of the day answer's size", &static_url, true),
+        ("day of minute buckets, by_type", &day_url, true, false),
+        ("day of minute buckets, gzip", &day_url, true, true),
+        ("top-10 brands by revenue, a week", &top_url, true, false),
+        ("day of minutes, no cache", &uncached_day, true, false),
+        ("top-10 brands, no cache", &uncached_top, true, false),
+        ("baseline: 404 from the same server", &floor_url, false, false),
+        ("baseline: static body of the day answer's size", &static_url, true, false),
+        ("baseline: static gzip body of the day answer", &static_gzip_url, true, true),
     ];
     let mut results: BTreeMap<&str, Vec<WrkResult>> = BTreeMap::new();
     for run in 0..a.runs {
-        for (name, url, ok) in &queries {
-            let r = wrk(url, &a, *ok)?;
+        for (name, url, ok, gzip) in &queries {
+            let r = wrk(url, &a, *ok, *gzip)?;
             println!(
                 "run {}: {name:38} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
                 run + 1,
@@ -315,7 +338,7 @@ fn main() -> Result<()> {
     println!("| query | req/s (min / median / max) | p50 ms (median) | p99 ms (min / median / max) | req/s vs baseline (median) |");
     println!("|---|---|---|---|---|");
     let mut out = serde_json::Map::new();
-    for (name, _, _) in &queries {
+    for (name, ..) in &queries {
         let rs = &results[name];
         let q = stats(rs.iter().map(|r| r.rps));
         let p50 = stats(rs.iter().map(|r| r.p50_ms));

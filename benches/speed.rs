@@ -22,6 +22,10 @@
 
 #![allow(clippy::print_stdout)]
 
+// The allocator of the `lambda` binary, so the figures are the shipped program's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -125,6 +125,29 @@ async fn the_lease_excludes_other_holders(store: &dyn ViewStore) {
     assert!(store.acquire_lease("batch", "c", ttl).await.unwrap(), "an expired lease is taken over");
 }
 
+/// Values that are awkward in any text encoding come back exactly: quotes, backslashes, control
+/// characters, non-ASCII, several dimensions with nulls among them, and the extremes of i64.
+async fn awkward_values_round_trip(store: &dyn ViewStore) {
+    let dims = vec![
+        Some("say \"hi\"\\ \u{1}\n\t".to_owned()),
+        None,
+        Some("Zürich 東京 😀".to_owned()),
+        Some(String::new()),
+        Some("[1,2]".to_owned()),
+    ];
+    let key = ViewKey { dims, ..key(-3_600, None) };
+    let metrics = vec![i64::MAX, i64::MIN, 0, -1];
+    let speed = SpeedRow { key: key.clone(), partition: i32::MAX, segment_start: 0, upto_offset: i64::MAX, metrics };
+    store.upsert_speed_rows(std::slice::from_ref(&speed)).await.unwrap();
+    assert_eq!(store.speed_rows(&all()).await.unwrap(), vec![speed.clone()]);
+    let batch = BatchRow { key, metrics: speed.metrics.clone() };
+    store.write_batch_rows(7, std::slice::from_ref(&batch)).await.unwrap();
+    assert_eq!(store.batch_rows(7, &all()).await.unwrap(), vec![batch]);
+    let other_view = RowQuery { view: "w".into(), ..all() };
+    assert!(store.speed_rows(&other_view).await.unwrap().is_empty());
+    assert!(store.batch_rows(7, &other_view).await.unwrap().is_empty());
+}
+
 async fn sqlite() -> (tempfile::TempDir, std::sync::Arc<dyn ViewStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store =
@@ -154,6 +177,12 @@ async fn sqlite_generations_and_manifests() {
 async fn sqlite_the_lease_excludes_other_holders() {
     let (_d, s) = sqlite().await;
     the_lease_excludes_other_holders(&*s).await;
+}
+
+#[tokio::test]
+async fn sqlite_awkward_values_round_trip() {
+    let (_d, s) = sqlite().await;
+    awkward_values_round_trip(&*s).await;
 }
 
 #[tokio::test]

@@ -260,3 +260,58 @@ async fn answers_are_cached_for_the_ttl() {
     assert_eq!(status, 400, "errors are not cached as answers");
     api.stop.cancel();
 }
+
+/// A cached answer of 4 KiB or more goes gzip-compressed to clients that accept gzip, and is the same JSON
+/// once decompressed; other clients, `gzip;q=0` and small answers get plain JSON. Every answer says
+/// `Vary: accept-encoding` so caches in between keep the two apart.
+#[tokio::test]
+async fn large_cached_answers_are_served_gzip_to_clients_that_accept_it() {
+    use std::io::Read;
+    let api = start("[serve]\ncache_ttl = \"10s\"\n").await;
+    let rows: Vec<SpeedRow> = (0..200)
+        .map(|i| SpeedRow {
+            key: key("by_type", Granularity::Minute, NOV1 + i * 60, &[Some("view")]),
+            partition: 0,
+            segment_start: 0,
+            upto_offset: 1,
+            metrics: vec![i, i * 10_000],
+        })
+        .collect();
+    api.store.upsert_speed_rows(&rows).await.unwrap();
+    let client = reqwest::Client::new();
+    let fetch = |path: &'static str, accept: Option<&'static str>| {
+        let mut request = client.get(format!("{}{path}", api.base));
+        if let Some(accept) = accept {
+            request = request.header("accept-encoding", accept);
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            let encoding = r.headers().get("content-encoding").map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(
+                r.headers().get("vary").map(|v| v.to_str().unwrap().to_owned()).as_deref(),
+                Some("accept-encoding")
+            );
+            (encoding, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let big = "/v1/views/by_type?granularity=minute";
+    let (encoding, plain) = fetch(big, None).await;
+    assert_eq!(encoding, None);
+    let answer: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(answer["rows"].as_array().unwrap().len(), 200);
+    assert!(plain.len() >= 4096, "the answer is big enough to be compressed: {} bytes", plain.len());
+    for accept in ["gzip", "br;q=1.0, gzip;q=0.8", "*"] {
+        let (encoding, compressed) = fetch(big, Some(accept)).await;
+        assert_eq!(encoding.as_deref(), Some("gzip"), "{accept}");
+        assert!(compressed.len() < plain.len() / 4, "{accept}: {} bytes", compressed.len());
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(compressed.as_slice()).read_to_end(&mut unpacked).unwrap();
+        assert_eq!(unpacked, plain, "{accept}: the same answer");
+    }
+    for accept in ["gzip;q=0", "br, deflate", "identity"] {
+        assert_eq!(fetch(big, Some(accept)).await.0, None, "{accept}");
+    }
+    let small = "/v1/views/by_type?granularity=minute&to=2019-11-01T00:02:00Z";
+    assert_eq!(fetch(small, Some("gzip")).await.0, None, "a small answer goes plain");
+    api.stop.cancel();
+}

@@ -143,22 +143,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn ViewStore>> {
     }
 }
 
-/// Canonical JSON text of dimension values, the dims column of SQL backends: `["view",null]`.
+/// Canonical JSON text of dimension values, the dims column of SQL backends: `["view",null]` (read back
+/// with SQLite's `json()` inside the packed range reads).
 pub fn encode_dims(dims: &[Option<String>]) -> String {
     serde_json::to_string(dims).expect("strings serialize")
-}
-
-/// Inverse of [`encode_dims`].
-pub fn decode_dims(text: &str) -> Result<Vec<Option<String>>> {
-    serde_json::from_str(text).map_err(|e| Error::StoreCorrupt { table: "dims", message: e.to_string() })
 }
 
 /// JSON text of metric values: `[312,12345670000]`.
 pub fn encode_metrics(metrics: &[i64]) -> String {
     serde_json::to_string(metrics).expect("integers serialize")
-}
-
-/// Inverse of [`encode_metrics`].
-pub fn decode_metrics(text: &str) -> Result<Vec<i64>> {
-    serde_json::from_str(text).map_err(|e| Error::StoreCorrupt { table: "metrics", message: e.to_string() })
 }

@@ -15,21 +15,30 @@ pub fn f64_to_micros(value: f64) -> i64 {
 ///
 /// The output is a valid JSON number, rounded to (at most) 6 places with trailing zeros removed.
 pub fn format_micros(micros: i64) -> String {
-    let negative = micros < 0;
+    let mut out = Vec::with_capacity(24);
+    write_micros(&mut out, micros);
+    String::from_utf8(out).expect("digits are ASCII")
+}
+
+/// [`format_micros`] appended to `out` (no allocation).
+pub fn write_micros(out: &mut Vec<u8>, micros: i64) {
+    if micros < 0 {
+        out.push(b'-');
+    }
     let abs = micros.unsigned_abs();
-    let units = abs / MICROS_PER_UNIT as u64;
-    let frac = abs % MICROS_PER_UNIT as u64;
-    let mut out = String::new();
-    if negative {
-        out.push('-');
-    }
-    out.push_str(&units.to_string());
+    let (units, frac) = (abs / MICROS_PER_UNIT as u64, abs % MICROS_PER_UNIT as u64);
+    out.extend_from_slice(itoa::Buffer::new().format(units).as_bytes());
     if frac != 0 {
-        let digits = format!("{frac:06}");
-        out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        let mut digits = [b'0'; 6];
+        let mut rest = frac;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        let used = 6 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+        out.push(b'.');
+        out.extend_from_slice(&digits[..used]);
     }
-    out
 }
 
 #[cfg(test)]
@@ -51,5 +60,19 @@ mod tests {
         assert_eq!(format_micros(-5), "-0.000005");
         assert_eq!(format_micros(3_000_000), "3");
         assert_eq!(format_micros(i64::MIN), "-9223372036854.775808");
+        assert_eq!(format_micros(i64::MAX), "9223372036854.775807");
+        assert_eq!(format_micros(1_000_001), "1.000001");
+        assert_eq!(format_micros(-10_000), "-0.01");
+        // against the text of the exact decimal, for a spread of values
+        for v in (-2_000_000i64..2_000_000).step_by(997).chain([999_999, 1_000_000, 123_456_789_012]) {
+            let exact = format!(
+                "{}{}.{:06}",
+                if v < 0 { "-" } else { "" },
+                v.unsigned_abs() / 1_000_000,
+                v.unsigned_abs() % 1_000_000
+            );
+            let want = exact.trim_end_matches('0').trim_end_matches('.');
+            assert_eq!(format_micros(v), if want == "-0" { "0" } else { want }, "{v}");
+        }
     }
 }

@@ -3,7 +3,6 @@
 //! Bad parameters get 400 with `{"error":{"parameter":"<name>","message":"..."}}`; store failures get 500
 //! with a generic message (the detail goes to the log, never to the client).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,17 +13,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use common::config::Config;
-use common::decimal::format_micros;
 use common::store::{Manifest, RowQuery, ViewStore};
 use common::view::{Granularity, View, ViewSet};
 use moka::future::Cache;
-use serde::Serialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 use tracing::error;
 
+use crate::answer::write_answer;
 use crate::merge::{self, merge, Order, Shape};
 use crate::metrics as m;
 
@@ -263,32 +260,6 @@ async fn manifest(State(state): State<AppState>) -> Result<Json<Manifest>, ApiEr
     }
 }
 
-/// The manifest as reported with every answer.
-#[derive(Debug, Serialize)]
-pub struct ManifestRef {
-    pub generation: i64,
-    pub cutoffs: BTreeMap<i32, i64>,
-    pub finished_at: DateTime<Utc>,
-}
-
-/// One answer row; sums are exact decimals.
-#[derive(Debug, Serialize)]
-pub struct RowOut {
-    pub bucket_start: String,
-    pub dims: serde_json::Map<String, serde_json::Value>,
-    pub metrics: BTreeMap<String, Box<RawValue>>,
-    pub source: &'static str,
-}
-
-/// The answer of `GET /v1/views/{view}`.
-#[derive(Debug, Serialize)]
-pub struct ViewAnswer {
-    pub view: String,
-    pub granularity: Granularity,
-    pub manifest: Option<ManifestRef>,
-    pub rows: Vec<RowOut>,
-}
-
 struct ParsedQuery {
     granularity: Granularity,
     from: Option<i64>,
@@ -459,45 +430,8 @@ async fn answer_view(state: &AppState, view_name: &str, params: &[(String, Strin
             (Some(order), None) => merge::sort(&mut merged, order),
             _ => {}
         }
-        let rows = merged
-            .into_iter()
-            .map(|r| RowOut {
-                bucket_start: DateTime::from_timestamp(r.bucket_start, 0)
-                    .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                    .unwrap_or_default(),
-                dims: q
-                    .shape
-                    .group_by
-                    .iter()
-                    .zip(r.dims)
-                    .map(|(&i, v)| {
-                        (view.dimensions[i].clone(), v.map_or(serde_json::Value::Null, serde_json::Value::String))
-                    })
-                    .collect(),
-                metrics: view
-                    .metric_names
-                    .iter()
-                    .zip(&view.metrics)
-                    .zip(&r.metrics)
-                    .map(|((name, metric), &v)| {
-                        let text = if metric.is_decimal() { format_micros(v) } else { v.to_string() };
-                        (name.clone(), RawValue::from_string(text).expect("decimal text is a JSON number"))
-                    })
-                    .collect(),
-                source: r.source.as_str(),
-            })
-            .collect();
-        let answer = ViewAnswer {
-            view: view.name.clone(),
-            granularity: q.granularity,
-            manifest: manifest.map(|m| ManifestRef {
-                generation: m.generation,
-                cutoffs: m.cutoffs,
-                finished_at: m.finished_at,
-            }),
-            rows,
-        };
-        let body = Bytes::from(serde_json::to_vec(&answer).expect("answers serialize"));
+        let text = write_answer(&view, q.granularity, manifest.as_ref(), &q.shape.group_by, &merged);
+        let body = Bytes::from(text);
         if cached {
             Cached::new(body)
         } else {

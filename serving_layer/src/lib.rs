@@ -3,6 +3,7 @@
 //!
 //! Endpoints: `GET /v1/views`, `GET /v1/views/{view}`, `GET /v1/manifest`, `GET /healthz`, `GET /metrics`.
 
+pub mod answer;
 pub mod api;
 pub mod merge;
 pub mod metrics;

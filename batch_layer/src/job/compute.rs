@@ -2,22 +2,23 @@
 //! repeated records and repeated events, and aggregate every view x granularity.
 //!
 //! Shape of the work, chosen by measurement (BENCHMARKS.md, batch):
-//! - only the columns the views need are read (the dedup columns, the event time, dimensions and summed
-//!   fields), and the archive is read once;
-//! - repeated (partition, offset) records can only come from overlapping files, so that pass runs only when
-//!   the listed files overlap;
-//! - the dedup by key is one hash pass over the 128-bit keys (they are already xxh3 hashes), keeping per key
-//!   the row with the smallest (timestamp, partition, offset), instead of a sort of the whole archive;
-//! - each view is grouped once at its finest granularity; coarser ones are rolled up from it (counts and
-//!   sums are additive, and minute | hour | day).
+//! - the archive is read in two passes, a chunk of files at a time, so memory follows the chunk size and
+//!   the number of distinct events, not the archive: pass 1 reads only the dedup columns, pass 2 only the
+//!   columns the views need (the event time, dimensions and summed fields);
+//! - repeated (partition, offset) records can only come from overlapping files: each file reads only the
+//!   offsets past the files before it;
+//! - the dedup by key sorts only the 128-bit keys with row numbers (not the archive) and keeps, per key, the
+//!   row with the smallest (timestamp, partition, offset);
+//! - each view is grouped per chunk at its finest granularity, the partial tables are added up, and coarser
+//!   granularities are rolled up from the finest (counts and sums are additive, and minute | hour | day).
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
 
 use common::config::FieldType;
 use common::store::{BatchRow, ViewKey};
 use common::view::{Granularity, ResolvedMetric, View, ViewSet};
 use polars::prelude::*;
+use tracing::debug;
 
 use crate::archive::ArchiveFile;
 
@@ -63,76 +64,247 @@ pub struct Computed {
     pub duplicates_removed: u64,
 }
 
+/// Records (approximately, from offset ranges) read per chunk of the aggregation pass: the memory of the
+/// job is about one chunk of prepared columns plus the partial aggregates, not the whole archive.
+pub const CHUNK_RECORDS: u64 = 20_000_000;
+
 /// Computes the batch view from the archive files below `cutoffs`.
 ///
 /// Dedup rule: keep one record per (partition, offset), then one per `_dedup_key`, the one with the earliest
 /// `_timestamp` (nulls last), then lowest partition, then lowest offset. Sums are in micro-units, rounded
 /// half away from zero per value as the speed layer does ([`common::decimal::f64_to_micros`]).
+///
+/// Two passes over the archive, each a chunk of files at a time ([`CHUNK_RECORDS`]):
+/// 1. *keys*: `_dedup_key`, `_timestamp`, `_partition`, `_offset` of every record, folded into one map from
+///    dedup key to the winning record's rank and row number; the map becomes a keep bitmap;
+/// 2. *aggregate*: the view columns of the kept rows, prepared and grouped per chunk at each view's finest
+///    granularity; the partial tables are then added up and rolled up to the coarser granularities.
+///
+/// A record present in two overlapping files is read from the first of them only (each file owns the
+/// offsets past the files before it), which is the (partition, offset) dedup.
 pub fn compute(
     views: &ViewSet,
     event_time: &str,
     field_types: &[(String, FieldType)],
     files: &BTreeMap<i32, Vec<ArchiveFile>>,
     cutoffs: &BTreeMap<i32, i64>,
-    mut on_table: impl FnMut(&str, Granularity),
+    on_table: impl FnMut(&str, Granularity),
 ) -> PolarsResult<Computed> {
-    let needed = needed_columns(views, event_time, field_types);
-    let mut frames = Vec::new();
-    let mut overlapping = false;
+    compute_in_chunks(views, event_time, field_types, files, cutoffs, CHUNK_RECORDS, on_table)
+}
+
+/// One archive file's share of the work.
+#[derive(Debug, Clone)]
+struct Part {
+    path: PlRefPath,
+    /// The cutoff of its partition: records at or past it are not read.
+    cutoff: i64,
+    /// Offsets below this are owned by an earlier, overlapping file of the partition.
+    owned_from: i64,
+    /// Upper bound of the records it holds below the cutoff (its offset span).
+    span: u64,
+}
+
+impl Part {
+    fn owns_any(&self, next: i64) -> bool {
+        self.owned_from < next.min(self.cutoff)
+    }
+}
+
+/// The files below the cutoffs, partitions interleaved by position (the k-th tenth of every partition
+/// together), so chunks cover similar event times and their partial aggregates overlap little.
+fn plan(files: &BTreeMap<i32, Vec<ArchiveFile>>, cutoffs: &BTreeMap<i32, i64>) -> (Vec<Part>, Vec<bool>) {
+    let mut ranked: Vec<(f64, i32, usize, Part, bool)> = Vec::new();
     for (&partition, &cutoff) in cutoffs {
         let selected: Vec<&ArchiveFile> =
             files.get(&partition).into_iter().flatten().filter(|f| f.first < cutoff).collect();
-        overlapping |= selected.windows(2).any(|w| w[1].first < w[0].next);
-        let paths: Vec<PlRefPath> =
-            selected.iter().map(|f| PlRefPath::new(f.path.to_string_lossy().as_ref())).collect();
-        if paths.is_empty() {
-            continue;
+        let mut covered = i64::MIN;
+        for (i, f) in selected.iter().enumerate() {
+            let owned_from = f.first.max(covered);
+            let part = Part {
+                path: PlRefPath::new(f.path.to_string_lossy().as_ref()),
+                cutoff,
+                owned_from,
+                span: (f.next.min(cutoff) - f.first).max(0) as u64,
+            };
+            let owns = part.owns_any(f.next);
+            covered = covered.max(f.next);
+            ranked.push((i as f64 / selected.len() as f64, partition, i, part, owns));
         }
-        let args = ScanArgsParquet { hive_options: HiveOptions::new_disabled(), ..Default::default() };
-        frames.push(
-            LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)?
-                .filter(col("_offset").lt(lit(cutoff)))
-                .select(needed.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()),
-        );
     }
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    ranked.into_iter().map(|(_, _, _, part, owns)| (part, owns)).unzip()
+}
+
+/// Consecutive runs of `parts` of about `chunk_records` records each.
+fn chunks<'p>(parts: &'p [&'p Part], chunk_records: u64) -> Vec<&'p [&'p Part]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0u64);
+    for (i, p) in parts.iter().enumerate() {
+        size += p.span;
+        if size >= chunk_records {
+            out.push(&parts[start..=i]);
+            (start, size) = (i + 1, 0);
+        }
+    }
+    if start < parts.len() {
+        out.push(&parts[start..]);
+    }
+    out
+}
+
+/// The parts' records, in order: per part, `query` gives the row filter and the columns.
+fn scan(parts: &[&Part], query: impl Fn(&Part) -> (Expr, Vec<Expr>)) -> PolarsResult<DataFrame> {
+    let args = ScanArgsParquet { hive_options: HiveOptions::new_disabled(), ..Default::default() };
+    let frames = parts
+        .iter()
+        .map(|p| {
+            let (predicate, columns) = query(p);
+            Ok(LazyFrame::scan_parquet_files([p.path.clone()].into_iter().collect(), args.clone())?
+                .filter(predicate)
+                .select(columns))
+        })
+        .collect::<PolarsResult<Vec<_>>>()?;
+    concat(frames, UnionArgs { parallel: true, rechunk: false, ..Default::default() })?.collect()
+}
+
+/// [`compute`] with a chosen chunk size (tests use small ones to exercise the chunk boundaries).
+pub fn compute_in_chunks(
+    views: &ViewSet,
+    event_time: &str,
+    field_types: &[(String, FieldType)],
+    files: &BTreeMap<i32, Vec<ArchiveFile>>,
+    cutoffs: &BTreeMap<i32, i64>,
+    chunk_records: u64,
+    mut on_table: impl FnMut(&str, Granularity),
+) -> PolarsResult<Computed> {
+    let (parts, owns) = plan(files, cutoffs);
+    let all: Vec<&Part> = parts.iter().collect();
+    let owning: Vec<&Part> = parts.iter().zip(&owns).filter(|(_, o)| **o).map(|(p, _)| p).collect();
     let mut out = Computed::default();
-    if frames.is_empty() {
-        for view in &views.views {
-            for &g in &view.granularities {
-                on_table(&view.name, g);
-                let frame = empty_table(view);
-                out.tables.push(Table { view: view.name.clone(), granularity: g, frame });
+    let clock = std::time::Instant::now();
+
+    // pass 1: keys. Per owned row, in row order: its dedup key and its rank (timestamp with null as +inf,
+    // partition, offset). Sorting the keys then puts each key's rows side by side (a hash map over
+    // random keys measured 3-4x slower here: every insert is a cache miss into fresh memory).
+    let estimate = all.iter().map(|p| p.span).sum::<u64>().min(u32::MAX as u64) as usize;
+    let mut keys_of: Vec<(u64, u64, u32)> = Vec::with_capacity(estimate);
+    let (mut ranks_ts, mut ranks_partition, mut ranks_offset) =
+        (Vec::with_capacity(estimate), Vec::with_capacity(estimate), Vec::with_capacity(estimate));
+    for chunk in chunks(&all, chunk_records) {
+        let keys = scan(chunk, |p| {
+            let columns = vec![
+                col("_offset").gt_eq(lit(p.owned_from)).alias("__owned"),
+                col("_dedup_key"),
+                col("_timestamp").cast(DataType::Int64),
+                col("_partition"),
+                col("_offset"),
+            ];
+            (col("_offset").lt(lit(p.cutoff)), columns)
+        })?;
+        out.records_scanned += keys.height() as u64;
+        let owned = keys.column("__owned")?.as_materialized_series().bool()?.clone();
+        let dedup = keys.column("_dedup_key")?.as_materialized_series().binary()?.clone();
+        let ts = keys.column("_timestamp")?.as_materialized_series().i64()?.clone();
+        let partitions = keys.column("_partition")?.as_materialized_series().i32()?.clone();
+        let offsets = keys.column("_offset")?.as_materialized_series().i64()?.clone();
+        let rows = owned.iter().zip(dedup.iter()).zip(ts.iter()).zip(partitions.iter()).zip(offsets.iter());
+        for ((((owned, key), ts), partition), offset) in rows {
+            if owned != Some(true) {
+                continue;
+            }
+            let row = u32::try_from(ranks_ts.len())
+                .map_err(|_| polars_err!(ComputeError: "a batch run reads at most {} records", u32::MAX))?;
+            ranks_ts.push(ts.unwrap_or(i64::MAX));
+            ranks_partition.push(partition.unwrap_or(i32::MAX));
+            ranks_offset.push(offset.unwrap_or(i64::MAX));
+            let (hi, lo) = key.map_or((0, 0), |k| {
+                let mut b = [0u8; 16];
+                let n = k.len().min(16);
+                b[..n].copy_from_slice(&k[..n]);
+                let k = u128::from_be_bytes(b);
+                ((k >> 64) as u64, k as u64)
+            });
+            keys_of.push((hi, lo, row));
+        }
+    }
+    let owned_rows = ranks_ts.len() as u64;
+    keys_of.sort_unstable_by_key(|&(hi, lo, _)| (hi, lo));
+    let rank = |r: u32| {
+        let r = r as usize;
+        (ranks_ts[r], ranks_partition[r], ranks_offset[r])
+    };
+    let mut winners = 0u64;
+    let mut keep = vec![false; owned_rows as usize];
+    for run in keys_of.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let best = run.iter().map(|&(_, _, row)| row).min_by_key(|&row| rank(row)).expect("runs are not empty");
+        keep[best as usize] = true;
+        winners += 1;
+    }
+    drop((keys_of, ranks_ts, ranks_partition, ranks_offset));
+    out.repeated_records_removed = out.records_scanned - owned_rows;
+    out.duplicates_removed = owned_rows - winners;
+    let keep = (out.duplicates_removed > 0).then_some(keep);
+    debug!(
+        records = out.records_scanned,
+        owned_rows,
+        seconds = clock.elapsed().as_secs_f64(),
+        "batch pass 1 (keys) done"
+    );
+
+    // pass 2: aggregate each chunk at every view's finest granularity
+    let needed = view_columns(views, event_time, field_types);
+    let finest: Vec<Option<Granularity>> =
+        views.views.iter().map(|v| v.granularities.iter().copied().min_by_key(|g| g.seconds())).collect();
+    let mut partials: Vec<Vec<DataFrame>> = vec![Vec::new(); views.views.len()];
+    let mut row = 0usize;
+    for chunk in chunks(&owning, chunk_records) {
+        let columns: Vec<Expr> = needed.iter().map(|c| col(c.as_str())).collect();
+        let records = scan(chunk, |p| {
+            (col("_offset").gt_eq(lit(p.owned_from)).and(col("_offset").lt(lit(p.cutoff))), columns.clone())
+        })?;
+        let height = records.height();
+        if row + height > owned_rows as usize {
+            return Err(polars_err!(ComputeError: "the archive changed between the two passes of the batch job"));
+        }
+        let mask = keep.as_ref().map(|k| BooleanChunked::from_slice("__keep".into(), &k[row..row + height]));
+        row += height;
+        let events = prepare(records, mask, views, event_time, field_types)?;
+        for (vi, view) in views.views.iter().enumerate() {
+            if let Some(g) = finest[vi] {
+                partials[vi].push(aggregate(&events, view, g)?);
             }
         }
-        return Ok(out);
     }
-    let scanned = concat(frames, UnionArgs::default())?.collect()?;
-    let n_scanned = scanned.height() as u64;
-    let records = if overlapping {
-        scanned.lazy().unique_stable(Some(cols(["_partition", "_offset"])), UniqueKeepStrategy::First).collect()?
-    } else {
-        scanned
-    };
-    let n_records = records.height() as u64;
-    let keep = dedup_by_key(&records)?;
-    let events = prepare(records, keep, views, event_time, field_types)?;
-    out.records_scanned = n_scanned;
-    out.repeated_records_removed = n_scanned - n_records;
-    out.duplicates_removed = n_records - events.height() as u64;
+    if row != owned_rows as usize {
+        return Err(polars_err!(ComputeError: "the archive changed between the two passes of the batch job"));
+    }
+    debug!(seconds = clock.elapsed().as_secs_f64(), "batch pass 2 (aggregate) done");
 
-    for view in &views.views {
+    for (vi, view) in views.views.iter().enumerate() {
         let mut grains = view.granularities.clone();
         grains.sort_by_key(|g| g.seconds());
-        let mut previous: Option<(Granularity, DataFrame)> = None;
+        let mut previous: Option<DataFrame> = None;
         let mut tables = Vec::new();
         for g in grains {
             on_table(&view.name, g);
-            let table = match &previous {
-                None => aggregate(&events, view, g)?,
-                Some((_, finer)) => roll_up(finer, view, g)?,
+            let table = match previous {
+                None => {
+                    let parts = std::mem::take(&mut partials[vi]);
+                    match parts.len() {
+                        0 => empty_table(view),
+                        1 => parts.into_iter().next().expect("one"),
+                        _ => {
+                            let lazy: Vec<LazyFrame> = parts.into_iter().map(DataFrame::lazy).collect();
+                            let all = concat(lazy, UnionArgs { rechunk: false, ..Default::default() })?.collect()?;
+                            roll_up(&all, view, g)?
+                        }
+                    }
+                }
+                Some(ref finer) => roll_up(finer, view, g)?,
             };
             tables.push((g, table.clone()));
-            previous = Some((g, table));
+            previous = Some(table);
         }
         // report in the view's configured order
         for &g in &view.granularities {
@@ -141,6 +313,7 @@ pub fn compute(
             out.tables.push(Table { view: view.name.clone(), granularity: g, frame });
         }
     }
+    debug!(seconds = clock.elapsed().as_secs_f64(), "batch tables done");
     Ok(out)
 }
 
@@ -151,9 +324,9 @@ fn empty_table(view: &View) -> DataFrame {
     DataFrame::new(0, columns).expect("distinct empty columns")
 }
 
-fn needed_columns(views: &ViewSet, event_time: &str, field_types: &[(String, FieldType)]) -> Vec<String> {
-    let mut cols: Vec<String> =
-        ["_partition", "_offset", "_timestamp", "_dedup_key", event_time].iter().map(|s| s.to_string()).collect();
+/// The archive columns the views read: the event time, dimensions and summed fields.
+fn view_columns(views: &ViewSet, event_time: &str, field_types: &[(String, FieldType)]) -> Vec<String> {
+    let mut cols: Vec<String> = vec![event_time.to_owned()];
     for view in &views.views {
         cols.extend(view.dimensions.iter().cloned());
         for m in &view.metrics {
@@ -165,73 +338,6 @@ fn needed_columns(views: &ViewSet, event_time: &str, field_types: &[(String, Fie
     let mut seen = std::collections::HashSet::new();
     cols.retain(|c| seen.insert(c.clone()));
     cols
-}
-
-/// A hasher for keys that are already uniform hashes (xxh3-128): the low 64 bits are the hash.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
-
-/// Which rows to keep so there is one per `_dedup_key`: the smallest (`_timestamp` with nulls last,
-/// `_partition`, `_offset`). `None` when every key is distinct.
-fn dedup_by_key(records: &DataFrame) -> PolarsResult<Option<BooleanChunked>> {
-    let keys = records.column("_dedup_key")?.as_materialized_series().binary()?.clone();
-    let ts = records.column("_timestamp")?.cast(&DataType::Int64)?;
-    let ts = ts.as_materialized_series().i64()?.clone();
-    let partitions = records.column("_partition")?.as_materialized_series().i32()?.clone();
-    let offsets = records.column("_offset")?.as_materialized_series().i64()?.clone();
-    let rank = |i: usize| {
-        (
-            ts.get(i).map_or((1, 0), |t| (0, t)),
-            partitions.get(i).unwrap_or(i32::MAX),
-            offsets.get(i).unwrap_or(i64::MAX),
-        )
-    };
-    let mut best: HashMap<u128, usize, BuildHasherDefault<PreHashed>> =
-        HashMap::with_capacity_and_hasher(records.height(), Default::default());
-    let mut repeated = false;
-    for (i, key) in keys.iter().enumerate() {
-        let key = key.map_or(0, |k| {
-            let mut b = [0u8; 16];
-            let n = k.len().min(16);
-            b[..n].copy_from_slice(&k[..n]);
-            u128::from_be_bytes(b)
-        });
-        match best.entry(key) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(i);
-            }
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                repeated = true;
-                if rank(i) < rank(*o.get()) {
-                    o.insert(i);
-                }
-            }
-        }
-    }
-    if !repeated {
-        return Ok(None);
-    }
-    let mut keep = vec![false; records.height()];
-    for &i in best.values() {
-        keep[i] = true;
-    }
-    Ok(Some(BooleanChunked::from_slice("__keep".into(), &keep)))
 }
 
 /// The rows kept by `keep`, with only the columns every view aggregates over, computed once: `__bucket` of
@@ -352,4 +458,137 @@ fn to_rows(df: &DataFrame, view: &View, g: Granularity) -> PolarsResult<Vec<Batc
         });
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::files::{file_name, partition_dir};
+    use crate::archive::parquet_file::{self, ArchivedRecord};
+    use common::decimal::f64_to_micros;
+    use common::schema::{Decoder, Value};
+    use common::Config;
+
+    /// One logical Kafka record of the test log.
+    #[derive(Debug, Clone)]
+    struct Logged {
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        payload: String,
+    }
+
+    /// A log of 3 partitions where `user_session` is the dedup key: repeated sessions with other content
+    /// (so which copy wins changes the sums), some null timestamps, empty brands, several days.
+    fn log() -> Vec<Logged> {
+        let mut state: u64 = 7;
+        let mut next = move |n: u64| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let mut out = Vec::new();
+        for partition in 0..3 {
+            for offset in 0..400 {
+                let second = 1_572_566_400 + next(3 * 86_400) as i64;
+                let time = chrono::DateTime::from_timestamp(second, 0).unwrap().format("%Y-%m-%d %H:%M:%S UTC");
+                let payload = format!(
+                    r#"{{"event_time":"{time}","event_type":"{}","brand":"{}","category_code":"c{}","price":{}.{:02},"user_session":"s{}"}}"#,
+                    ["view", "cart", "purchase"][next(3) as usize],
+                    ["", "apple", "sony"][next(3) as usize],
+                    next(4),
+                    next(500),
+                    next(100),
+                    next(700), // ~1,200 records over 700 sessions: many repeats, across partitions
+                );
+                let timestamp_ms = (next(20) != 0).then(|| 1_700_000_000_000 + next(1_000_000) as i64);
+                out.push(Logged { partition, offset, timestamp_ms, payload });
+            }
+        }
+        out
+    }
+
+    /// Aggregates by (view, granularity, bucket, dimensions).
+    type Cells = BTreeMap<(String, Granularity, i64, Vec<Option<String>>), Vec<i64>>;
+
+    /// Archive files per partition as `[first, next)` ranges: overlapping and fully covered files in
+    /// partition 0, one file in partition 1, a gapless pair in partition 2.
+    const FILES: [(i32, i64, i64); 7] =
+        [(0, 0, 100), (0, 50, 150), (0, 60, 90), (0, 150, 400), (1, 0, 400), (2, 0, 170), (2, 170, 400)];
+
+    #[test]
+    fn chunked_passes_match_a_direct_computation() {
+        let config = Config::from_toml_str("[schema]\ndedup_key = \"user_session\"\n").unwrap();
+        let decoder = Decoder::new(&config);
+        let views = ViewSet::new(&config);
+        let fields = decoder.fields().to_vec();
+        let log = log();
+        let dir = tempfile::tempdir().unwrap();
+        for &(partition, first, next) in &FILES {
+            let records: Vec<ArchivedRecord> = log
+                .iter()
+                .filter(|r| r.partition == partition && (first..next).contains(&r.offset))
+                .map(|r| ArchivedRecord {
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp_ms,
+                    event: decoder.decode(r.payload.as_bytes()).unwrap(),
+                })
+                .collect();
+            let path = partition_dir(dir.path(), "events", partition).join(file_name(first, next));
+            parquet_file::write(&path, partition, &fields, &records).unwrap();
+        }
+        let files = crate::archive::list(dir.path(), "events").unwrap();
+        let cutoffs = BTreeMap::from([(0, 250), (1, 400), (2, 171), (3, 0)]);
+
+        // truth: the records below the cutoffs, one per session (earliest timestamp, nulls last, then
+        // partition, then offset), aggregated by hand
+        let below: Vec<&Logged> = log.iter().filter(|r| r.offset < cutoffs[&r.partition]).collect();
+        let mut winners: BTreeMap<String, &Logged> = BTreeMap::new();
+        for r in &below {
+            let event = decoder.decode(r.payload.as_bytes()).unwrap();
+            let Value::Str(session) = &event.values[8] else { panic!("session") };
+            let rank = |r: &Logged| (r.timestamp_ms.unwrap_or(i64::MAX), r.partition, r.offset);
+            let w = winners.entry(session.clone()).or_insert(r);
+            if rank(r) < rank(w) {
+                *w = r;
+            }
+        }
+        let mut truth: Cells = BTreeMap::new();
+        for r in winners.values() {
+            let event = decoder.decode(r.payload.as_bytes()).unwrap();
+            let text = |i: usize| match &event.values[i] {
+                Value::Str(s) if !s.is_empty() => Some(s.clone()),
+                _ => None,
+            };
+            let Value::F64(price) = event.values[6] else { panic!("price") };
+            for view in &views.views {
+                let dims: Vec<Option<String>> = view.dimension_fields.iter().map(|&f| text(f)).collect();
+                for &g in &view.granularities {
+                    let key = (view.name.clone(), g, g.bucket_start(event.event_time), dims.clone());
+                    let cell = truth.entry(key).or_insert_with(|| vec![0, 0]);
+                    cell[0] += 1;
+                    cell[1] += f64_to_micros(price);
+                }
+            }
+        }
+        // partition 0 below 250: files [0,100) + [50,100) again + [60,90) again + [150,250) ... and [100,150)
+        let scanned = 100 + 100 + 30 + 100 + 400 + 170 + 1;
+        let repeated = 50 + 30;
+        assert!(below.len() - winners.len() > 100, "the log has many repeated sessions");
+
+        for chunk_records in [1, 150, 1_000, u64::MAX] {
+            let computed =
+                compute_in_chunks(&views, "event_time", &fields, &files, &cutoffs, chunk_records, |_, _| {}).unwrap();
+            assert_eq!(computed.records_scanned, scanned, "chunks of {chunk_records}");
+            assert_eq!(computed.repeated_records_removed, repeated, "chunks of {chunk_records}");
+            assert_eq!(computed.duplicates_removed, (below.len() - winners.len()) as u64, "chunks of {chunk_records}");
+            let mut got = BTreeMap::new();
+            for table in &computed.tables {
+                for row in table.rows(&views).unwrap() {
+                    let k = row.key;
+                    assert!(got.insert((k.view, k.granularity, k.bucket_start, k.dims), row.metrics).is_none());
+                }
+            }
+            assert_eq!(got, truth, "chunks of {chunk_records}");
+        }
+    }
 }

@@ -229,7 +229,9 @@ pub fn compute_in_chunks(
         }
     }
     let owned_rows = ranks_ts.len() as u64;
+    debug!(seconds = clock.elapsed().as_secs_f64(), "batch pass 1: keys read");
     keys_of.sort_unstable_by_key(|&(hi, lo, _)| (hi, lo));
+    debug!(seconds = clock.elapsed().as_secs_f64(), "batch pass 1: keys sorted");
     let rank = |r: u32| {
         let r = r as usize;
         (ranks_ts[r], ranks_partition[r], ranks_offset[r])
@@ -237,7 +239,10 @@ pub fn compute_in_chunks(
     let mut winners = 0u64;
     let mut keep = vec![false; owned_rows as usize];
     for run in keys_of.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-        let best = run.iter().map(|&(_, _, row)| row).min_by_key(|&row| rank(row)).expect("runs are not empty");
+        let best = match run {
+            [(_, _, only)] => *only, // most keys: no rank to compare
+            _ => run.iter().map(|&(_, _, row)| row).min_by_key(|&row| rank(row)).expect("runs are not empty"),
+        };
         keep[best as usize] = true;
         winners += 1;
     }
@@ -269,7 +274,9 @@ pub fn compute_in_chunks(
         }
         let mask = keep.as_ref().map(|k| BooleanChunked::from_slice("__keep".into(), &k[row..row + height]));
         row += height;
+        debug!(seconds = clock.elapsed().as_secs_f64(), rows = height, "batch pass 2: chunk read");
         let events = prepare(records, mask, views, event_time, field_types)?;
+        debug!(seconds = clock.elapsed().as_secs_f64(), "batch pass 2: chunk prepared");
         for (vi, view) in views.views.iter().enumerate() {
             if let Some(g) = finest[vi] {
                 partials[vi].push(aggregate(&events, view, g)?);

@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::DateTime;
 use common::config::Config;
-use common::store::{Manifest, RowQuery, ViewStore};
+use common::store::{BatchRow, Manifest, RowQuery, ViewStore};
 use common::view::{Granularity, View, ViewSet};
 use moka::future::Cache;
 use serde_json::json;
@@ -35,7 +35,16 @@ pub struct AppState {
     cache: Option<Cache<String, Cached>>,
     /// Keys whose refresh is running, so an expired answer is recomputed once, not once per request.
     refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Batch rows read per (generation, view, granularity, from, to). A published generation never
+    /// changes (DESIGN.md §5), so these never go stale; they only spare re-reading the store on every
+    /// answer refresh. Bounded by [`BATCH_CACHE_ROWS`].
+    batch_rows: Cache<BatchKey, Arc<Vec<BatchRow>>>,
 }
+
+type BatchKey = (i64, String, Granularity, Option<i64>, Option<i64>);
+
+/// Most batch rows kept in memory across all cached ranges (about 100 bytes each).
+pub const BATCH_CACHE_ROWS: u64 = 2_000_000;
 
 /// A cached answer: when it was computed, its JSON, and the same gzip-compressed once (for answers of
 /// [`GZIP_MIN_BYTES`] or more) so clients sending `Accept-Encoding: gzip` get it without a compression per
@@ -111,6 +120,10 @@ impl AppState {
             store,
             cache,
             refreshing: Default::default(),
+            batch_rows: Cache::builder()
+                .max_capacity(BATCH_CACHE_ROWS)
+                .weigher(|_, rows: &Arc<Vec<BatchRow>>| rows.len().try_into().unwrap_or(u32::MAX))
+                .build(),
         }
     }
 }
@@ -139,7 +152,7 @@ pub enum ApiError {
     BadParameter { parameter: String, message: String },
     Unauthorized,
     NotFound(String),
-    Internal(common::Error),
+    Internal(Arc<common::Error>),
 }
 
 fn bad(parameter: &str, message: impl Into<String>) -> ApiError {
@@ -148,7 +161,7 @@ fn bad(parameter: &str, message: impl Into<String>) -> ApiError {
 
 impl From<common::Error> for ApiError {
     fn from(e: common::Error) -> Self {
-        ApiError::Internal(e)
+        ApiError::Internal(Arc::new(e))
     }
 }
 
@@ -415,8 +428,12 @@ async fn answer_view(state: &AppState, view_name: &str, params: &[(String, Strin
     let manifest = state.store.current_manifest().await?;
     let rq = RowQuery { view: view.name.clone(), granularity: q.granularity, from: q.from, to: q.to };
     let batch = match &manifest {
-        Some(m) => state.store.batch_rows(m.generation, &rq).await?,
-        None => Vec::new(),
+        Some(m) => {
+            let key = (m.generation, rq.view.clone(), rq.granularity, rq.from, rq.to);
+            let read = async { state.store.batch_rows(m.generation, &rq).await.map(Arc::new) };
+            state.batch_rows.try_get_with(key, read).await.map_err(ApiError::Internal)?
+        }
+        None => Arc::new(Vec::new()),
     };
     let speed = state.store.speed_rows(&rq).await?;
     let view = view.clone();

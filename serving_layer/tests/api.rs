@@ -48,6 +48,21 @@ fn key(view: &str, g: Granularity, bucket: i64, dims: &[Option<&str>]) -> ViewKe
     }
 }
 
+/// A manifest of `generation` with these (partition, cutoff) pairs and empty counters.
+fn manifest(generation: i64, cutoffs: &[(i32, i64)]) -> Manifest {
+    Manifest {
+        generation,
+        cutoffs: cutoffs.iter().copied().collect(),
+        rows: BTreeMap::new(),
+        records_scanned: 0,
+        repeated_records_removed: 0,
+        duplicates_removed: 0,
+        cutoff_notes: vec![],
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+    }
+}
+
 const NOV1: i64 = 1_572_566_400; // 2019-11-01T00:00:00Z
 const DAY: i64 = 86_400;
 
@@ -97,17 +112,7 @@ async fn granularity_not_configured_for_the_view_is_rejected() {
 async fn answers_merge_batch_and_speed_with_exact_decimals() {
     let api = start("").await;
     let g = Granularity::Day;
-    let manifest = Manifest {
-        generation: 7,
-        cutoffs: BTreeMap::from([(0, 100)]),
-        rows: BTreeMap::new(),
-        records_scanned: 0,
-        repeated_records_removed: 0,
-        duplicates_removed: 0,
-        cutoff_notes: vec![],
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
-    };
+    let manifest = manifest(7, &[(0, 100)]);
     api.store
         .write_batch_rows(
             7,
@@ -322,23 +327,12 @@ async fn large_cached_answers_are_served_gzip_to_clients_that_accept_it() {
 async fn each_published_generation_is_answered_from_its_own_rows() {
     let api = start("").await;
     let g = Granularity::Day;
-    let manifest = |generation: i64| Manifest {
-        generation,
-        cutoffs: BTreeMap::from([(0, 10 * generation)]),
-        rows: BTreeMap::new(),
-        records_scanned: 0,
-        repeated_records_removed: 0,
-        duplicates_removed: 0,
-        cutoff_notes: vec![],
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
-    };
     let path = "/v1/views/by_type?granularity=day";
     let count = |body: &Value| body["rows"][0]["metrics"]["count"].as_i64();
     for (generation, n) in [(1, 3), (2, 8), (3, 21)] {
         let row = BatchRow { key: key("by_type", g, NOV1, &[Some("view")]), metrics: vec![n, 0] };
         api.store.write_batch_rows(generation, &[row]).await.unwrap();
-        api.store.publish_manifest(&manifest(generation)).await.unwrap();
+        api.store.publish_manifest(&manifest(generation, &[(0, 10 * generation)])).await.unwrap();
         for _ in 0..2 {
             let (status, body) = get(&api, path).await;
             assert_eq!(status, 200, "{body}");

@@ -36,45 +36,38 @@ struct Cell {
     dirty: bool,
 }
 
-/// Interned dimension values of one segment: text <-> id.
-#[derive(Debug, Default)]
-struct Interner {
-    ids: HashMap<Box<str>, ValueId>,
-    texts: Vec<Box<str>>,
+/// Interned items of one segment, item <-> dense id: dimension texts (`Interner<str>`) and each view's
+/// dimension tuples of value ids (`Interner<[ValueId]>`).
+#[derive(Debug)]
+struct Interner<T: ?Sized> {
+    ids: HashMap<Box<T>, u32>,
+    items: Vec<Box<T>>,
 }
 
-impl Interner {
-    fn id(&mut self, text: &str) -> ValueId {
-        if let Some(&id) = self.ids.get(text) {
+impl<T: ?Sized> Default for Interner<T> {
+    fn default() -> Self {
+        Interner { ids: HashMap::new(), items: Vec::new() }
+    }
+}
+
+impl<T: ?Sized + Eq + std::hash::Hash> Interner<T>
+where
+    for<'a> Box<T>: From<&'a T>,
+{
+    fn id(&mut self, item: &T) -> u32 {
+        if let Some(&id) = self.ids.get(item) {
             return id;
         }
-        let id = self.texts.len() as ValueId;
-        self.texts.push(text.into());
-        self.ids.insert(text.into(), id);
+        let id = self.items.len() as u32;
+        self.items.push(item.into());
+        self.ids.insert(item.into(), id);
         id
     }
+}
 
+impl Interner<str> {
     fn text(&self, id: ValueId) -> Option<String> {
-        (id != NULL).then(|| self.texts[id as usize].to_string())
-    }
-}
-
-/// Interned dimension tuples of one view: value ids <-> tuple id.
-#[derive(Debug, Default)]
-struct Tuples {
-    ids: HashMap<Box<[ValueId]>, u32>,
-    tuples: Vec<Box<[ValueId]>>,
-}
-
-impl Tuples {
-    fn id(&mut self, tuple: &[ValueId]) -> u32 {
-        if let Some(&id) = self.ids.get(tuple) {
-            return id;
-        }
-        let id = self.tuples.len() as u32;
-        self.tuples.push(tuple.into());
-        self.ids.insert(tuple.into(), id);
-        id
+        (id != NULL).then(|| self.items[id as usize].to_string())
     }
 }
 
@@ -135,8 +128,8 @@ pub struct Segment {
     pub records: u64,
     first_timestamp_ms: Option<i64>,
     seen: HashSet<u128, BuildHasherDefault<KeyHasher>>,
-    values: Interner,
-    tuples: Vec<Tuples>,
+    values: Interner<str>,
+    tuples: Vec<Interner<[ValueId]>>,
     index: HashMap<CellKey, u32>,
     cells: Vec<Cell>,
     metrics: Vec<i64>,
@@ -234,7 +227,7 @@ impl Segment {
             return Applied::Duplicate;
         }
         if self.tuples.len() < views.views.len() {
-            self.tuples.resize_with(views.views.len(), Tuples::default);
+            self.tuples.resize_with(views.views.len(), Interner::default);
         }
         self.field_ids.clear();
         self.field_ids.resize(event.values.len(), UNSET);
@@ -291,7 +284,7 @@ impl Segment {
             let cell = &mut self.cells[cell as usize];
             cell.dirty = false;
             let view = &views.views[cell.key.view as usize];
-            let tuple = &self.tuples[cell.key.view as usize].tuples[cell.key.tuple as usize];
+            let tuple = &self.tuples[cell.key.view as usize].items[cell.key.tuple as usize];
             rows.push(SpeedRow {
                 key: ViewKey {
                     view: view.name.clone(),

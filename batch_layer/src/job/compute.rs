@@ -75,8 +75,9 @@ pub const CHUNK_RECORDS: u64 = 20_000_000;
 /// half away from zero per value as the speed layer does ([`common::decimal::f64_to_micros`]).
 ///
 /// Two passes over the archive, each a chunk of files at a time ([`CHUNK_RECORDS`]):
-/// 1. *keys*: `_dedup_key`, `_timestamp`, `_partition`, `_offset` of every record, folded into one map from
-///    dedup key to the winning record's rank and row number; the map becomes a keep bitmap;
+/// 1. *keys*: `_dedup_key`, `_timestamp`, `_partition`, `_offset` of every record; the (key, row) pairs are
+///    sorted so each key's rows sit together, and the smallest rank of each key marks its row in a keep
+///    bitmap;
 /// 2. *aggregate*: the view columns of the kept rows, prepared and grouped per chunk at each view's finest
 ///    granularity; the partial tables are then added up and rolled up to the coarser granularities.
 ///
@@ -103,18 +104,14 @@ struct Part {
     owned_from: i64,
     /// Upper bound of the records it holds below the cutoff (its offset span).
     span: u64,
-}
-
-impl Part {
-    fn owns_any(&self, next: i64) -> bool {
-        self.owned_from < next.min(self.cutoff)
-    }
+    /// False when earlier files of the partition cover all its offsets below the cutoff.
+    owns_any: bool,
 }
 
 /// The files below the cutoffs, partitions interleaved by position (the k-th tenth of every partition
 /// together), so chunks cover similar event times and their partial aggregates overlap little.
-fn plan(files: &BTreeMap<i32, Vec<ArchiveFile>>, cutoffs: &BTreeMap<i32, i64>) -> (Vec<Part>, Vec<bool>) {
-    let mut ranked: Vec<(f64, i32, usize, Part, bool)> = Vec::new();
+fn plan(files: &BTreeMap<i32, Vec<ArchiveFile>>, cutoffs: &BTreeMap<i32, i64>) -> Vec<Part> {
+    let mut ranked: Vec<(f64, i32, usize, Part)> = Vec::new();
     for (&partition, &cutoff) in cutoffs {
         let selected: Vec<&ArchiveFile> =
             files.get(&partition).into_iter().flatten().filter(|f| f.first < cutoff).collect();
@@ -126,14 +123,14 @@ fn plan(files: &BTreeMap<i32, Vec<ArchiveFile>>, cutoffs: &BTreeMap<i32, i64>) -
                 cutoff,
                 owned_from,
                 span: (f.next.min(cutoff) - f.first).max(0) as u64,
+                owns_any: owned_from < f.next.min(cutoff),
             };
-            let owns = part.owns_any(f.next);
             covered = covered.max(f.next);
-            ranked.push((i as f64 / selected.len() as f64, partition, i, part, owns));
+            ranked.push((i as f64 / selected.len() as f64, partition, i, part));
         }
     }
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    ranked.into_iter().map(|(_, _, _, part, owns)| (part, owns)).unzip()
+    ranked.into_iter().map(|(_, _, _, part)| part).collect()
 }
 
 /// Consecutive runs of `parts` of about `chunk_records` records each.
@@ -178,9 +175,9 @@ pub fn compute_in_chunks(
     chunk_records: u64,
     mut on_table: impl FnMut(&str, Granularity),
 ) -> PolarsResult<Computed> {
-    let (parts, owns) = plan(files, cutoffs);
+    let parts = plan(files, cutoffs);
     let all: Vec<&Part> = parts.iter().collect();
-    let owning: Vec<&Part> = parts.iter().zip(&owns).filter(|(_, o)| **o).map(|(p, _)| p).collect();
+    let owning: Vec<&Part> = parts.iter().filter(|p| p.owns_any).collect();
     let mut out = Computed::default();
     let clock = std::time::Instant::now();
 

@@ -1,6 +1,10 @@
 //! Serving-layer benchmark (`cargo bench --bench serving -- [--events N] [--runs R] [--seconds S]
 //! [--connections C] [--json FILE]`). Needs `wrk` (Debian package) and `taskset` (util-linux).
 //!
+//! Under `cargo test` it runs as a smoke test on a small data set: the same answers are checked against
+//! the truth, and the load comes from an in-process HTTP client (a fixed number of requests per query,
+//! no timing asserted), so the test needs neither `wrk` nor `taskset` on the machine.
+//!
 //! Setup: `--events` generated events (fitted on the real sample) written straight into the archive of 3
 //! partitions, seals recorded for every archive file, one real batch run (generation 1 in SQLite), then
 //! `--speed-events` more events applied through the speed layer's segment code past the cutoffs, so every
@@ -47,13 +51,26 @@ struct Args {
     seconds: u64,
     connections: u32,
     json: Option<PathBuf>,
+    /// Smoke mode (`cargo test`): load from an in-process client, no wrk, no CPU pinning.
+    smoke: bool,
 }
 
+/// Requests per query in smoke mode.
+const SMOKE_REQUESTS: usize = 100;
+
 fn args() -> Result<Args> {
-    let mut a = Args { events: 2_000_000, speed_events: 50_000, runs: 3, seconds: 10, connections: 16, json: None };
+    let mut a = Args {
+        events: 2_000_000,
+        speed_events: 50_000,
+        runs: 3,
+        seconds: 10,
+        connections: 16,
+        json: None,
+        smoke: false,
+    };
     if !std::env::args().any(|x| x == "--bench") {
         // `cargo test` runs this target as a smoke test
-        a = Args { events: 20_000, speed_events: 2_000, runs: 1, seconds: 1, connections: 4, json: None };
+        a = Args { events: 20_000, speed_events: 2_000, runs: 1, seconds: 1, connections: 4, json: None, smoke: true };
     }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -79,12 +96,17 @@ fn ts(s: &str) -> i64 {
     DateTime::parse_from_rfc3339(s).expect("static time").timestamp()
 }
 
+/// Micro-units of a decimal number's text (exact).
+fn micros(text: &str) -> i128 {
+    common::decimal::parse_micros(text).unwrap_or(i128::MIN)
+}
+
 /// Truth from the generated events, deduplicated by content: (rows of the day-of-minutes answer, top-10 (brand, revenue micros)).
-fn truth(events: &[Generated]) -> (usize, Vec<(Option<String>, i64)>) {
+fn truth(events: &[Generated]) -> (usize, Vec<(Option<String>, i128)>) {
     let day = ts(DAY);
     let (from, to) = (ts(WEEK.0), ts(WEEK.1));
     let mut cells = std::collections::HashSet::new();
-    let mut revenue: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    let mut revenue: BTreeMap<Option<String>, i128> = BTreeMap::new();
     // the dedup key is the content: two generated events can coincide (same session, product and second)
     let mut seen = std::collections::HashSet::new();
     for e in events {
@@ -96,10 +118,10 @@ fn truth(events: &[Generated]) -> (usize, Vec<(Option<String>, i64)>) {
         }
         if (from..to).contains(&e.event_time) {
             let brand = Some(e.brand.to_owned()).filter(|b| !b.is_empty());
-            *revenue.entry(brand).or_default() += (e.price * 1e6).round() as i64;
+            *revenue.entry(brand).or_default() += micros(&serde_json::to_string(&e.price).expect("finite"));
         }
     }
-    let mut top: Vec<(Option<String>, i64)> = revenue.into_iter().collect();
+    let mut top: Vec<(Option<String>, i128)> = revenue.into_iter().collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     top.truncate(10);
     (cells.len(), top)
@@ -146,7 +168,7 @@ async fn load(a: &Args, model: &Model) -> Result<Loaded> {
     }
     for seg in segments.values_mut() {
         let rows = seg.take_dirty_rows(&views, seg.position);
-        store.upsert_speed_rows(&rows).await?;
+        store.upsert_speed_rows("events", &rows).await?;
     }
     events.extend(extra);
     Ok(Loaded { _dir: dir, config, store, events })
@@ -199,6 +221,35 @@ fn wrk(url: &str, a: &Args, expect_ok: bool, gzip: bool) -> Result<WrkResult> {
     Ok(r)
 }
 
+/// Smoke-mode load: `SMOKE_REQUESTS` sequential requests from an in-process client, each checked for
+/// success (when `expect_ok`); figures in the same shape as wrk's, not comparable to them.
+fn in_process(rt: &tokio::runtime::Runtime, url: &str, expect_ok: bool, gzip: bool) -> Result<WrkResult> {
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        let mut latencies = Vec::with_capacity(SMOKE_REQUESTS);
+        for _ in 0..SMOKE_REQUESTS {
+            let t = std::time::Instant::now();
+            let mut request = client.get(url);
+            if gzip {
+                request = request.header("accept-encoding", "gzip");
+            }
+            let response = request.send().await?;
+            let status = response.status();
+            response.bytes().await?;
+            ensure!(!expect_ok || status.is_success(), "{url} answered {status}");
+            latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        latencies.sort_by(f64::total_cmp);
+        Ok(WrkResult {
+            rps: SMOKE_REQUESTS as f64 / started.elapsed().as_secs_f64(),
+            p50_ms: latencies[latencies.len() / 2],
+            p99_ms: latencies[latencies.len() * 99 / 100],
+            requests: SMOKE_REQUESTS as u64,
+        })
+    })
+}
+
 fn stats(xs: impl Iterator<Item = f64>) -> (f64, f64, f64) {
     let mut v: Vec<f64> = xs.collect();
     v.sort_by(f64::total_cmp);
@@ -208,18 +259,27 @@ fn stats(xs: impl Iterator<Item = f64>) -> (f64, f64, f64) {
 fn main() -> Result<()> {
     let a = args()?;
     common::telemetry::init_tracing("warn");
-    // pin every thread of this process (the API and SQLite) to CPU 0; wrk gets CPU 1
-    let pid = std::process::id().to_string();
-    let pinned = Command::new("taskset").args(["-a", "-c", "-p", "0", &pid]).output();
-    ensure!(pinned.is_ok_and(|o| o.status.success()), "taskset could not pin the server to CPU 0");
+    if !a.smoke {
+        // pin every thread of this process (the API and SQLite) to CPU 0; wrk gets CPU 1
+        let pid = std::process::id().to_string();
+        let pinned = Command::new("taskset").args(["-a", "-c", "-p", "0", &pid]).output();
+        ensure!(pinned.is_ok_and(|o| o.status.success()), "taskset could not pin the server to CPU 0");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ecommerce/2019-Nov-sample.csv");
     let model = if sample.exists() { Model::fit(&sample)? } else { Model::builtin() };
 
-    println!(
-        "serving bench: {} batch + {} speed events; wrk -c{} for {} s x {} runs",
-        a.events, a.speed_events, a.connections, a.seconds, a.runs
-    );
+    if a.smoke {
+        println!(
+            "serving bench (smoke): {} batch + {} speed events; {SMOKE_REQUESTS} in-process requests per query",
+            a.events, a.speed_events
+        );
+    } else {
+        println!(
+            "serving bench: {} batch + {} speed events; wrk -c{} for {} s x {} runs",
+            a.events, a.speed_events, a.connections, a.seconds, a.runs
+        );
+    }
     let loaded = rt.block_on(load(&a, &model))?;
     let stop = CancellationToken::new();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -249,14 +309,11 @@ fn main() -> Result<()> {
     let rows = day["rows"].as_array().context("rows")?;
     ensure!(rows.len() == want_rows, "day of minutes: {} rows, truth {want_rows}", rows.len());
     let top = get(&top_url)?;
-    let got_top: Vec<(Option<String>, i64)> = top["rows"]
+    let got_top: Vec<(Option<String>, i128)> = top["rows"]
         .as_array()
         .context("rows")?
         .iter()
-        .map(|r| {
-            let revenue: f64 = r["metrics"]["sum_price"].to_string().parse().unwrap_or(f64::NAN);
-            (r["dims"]["brand"].as_str().map(str::to_owned), (revenue * 1e6).round() as i64)
-        })
+        .map(|r| (r["dims"]["brand"].as_str().map(str::to_owned), micros(&r["metrics"]["sum_price"].to_string())))
         .collect();
     ensure!(got_top == want_top, "top-10 brands: {got_top:?}\ntruth: {want_top:?}");
     let day_bytes = serde_json::to_vec(&day)?.len();
@@ -316,7 +373,7 @@ fn main() -> Result<()> {
     let mut results: BTreeMap<&str, Vec<WrkResult>> = BTreeMap::new();
     for run in 0..a.runs {
         for (name, url, ok, gzip) in &queries {
-            let r = wrk(url, &a, *ok, *gzip)?;
+            let r = if a.smoke { in_process(&rt, url, *ok, *gzip)? } else { wrk(url, &a, *ok, *gzip)? };
             println!(
                 "run {}: {name:38} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
                 run + 1,

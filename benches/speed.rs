@@ -184,8 +184,8 @@ fn expected_count(messages: &[Outgoing], segment: usize) -> i64 {
 }
 
 async fn total_count(store: &Arc<dyn ViewStore>) -> Result<i64> {
-    let q = RowQuery { view: "by_type".into(), granularity: Granularity::Day, from: None, to: None };
-    Ok(store.speed_rows(&q).await?.iter().map(|r| r.metrics[0]).sum())
+    let q = RowQuery::all("by_type", Granularity::Day);
+    Ok(store.speed_rows(&q).await?.iter().map(|r| r.metrics[0]).sum::<i128>() as i64)
 }
 
 /// One in-process core run. Returns (wall seconds, cpu seconds, rows written).
@@ -207,19 +207,19 @@ async fn core_run(config: &Config, messages: &[Outgoing]) -> Result<(f64, f64, u
             let end = segment.position;
             let rows = segment.take_dirty_rows(&views, end);
             written += rows.len() as u64;
-            store.upsert_speed_rows(&rows).await?;
+            store.upsert_speed_rows("events", &rows).await?;
             store.record_seal("events", Seal { partition: 0, start: segment.start, end }).await?;
             segment = Segment::open(0, end, None);
         } else if offset % 256 == 0 && last_flush.elapsed() >= flush {
             let rows = segment.take_dirty_rows(&views, segment.position);
             written += rows.len() as u64;
-            store.upsert_speed_rows(&rows).await?;
+            store.upsert_speed_rows("events", &rows).await?;
             last_flush = Instant::now();
         }
     }
     let rows = segment.take_dirty_rows(&views, segment.position);
     written += rows.len() as u64;
-    store.upsert_speed_rows(&rows).await?;
+    store.upsert_speed_rows("events", &rows).await?;
     let (wall, cpu) = (clock.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     let want = expected_count(messages, config.speed.segment_max_records as usize);
     let got = total_count(&store).await?;

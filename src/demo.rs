@@ -1,14 +1,24 @@
 //! `lambda demo`: the whole system in one process on the embedded defaults (DESIGN.md §9) — librdkafka's
 //! in-process mock cluster reached over TCP on localhost by the real clients, the SQLite store, a local
 //! archive, the batch job on a short cron schedule and the HTTP API.
+//!
+//! Pacing: the mock cluster keeps at most 5 MB of record batches per partition and deletes the oldest past
+//! that whether or not anyone read them (`rdkafka_mock.c`, `max_size`; it has no setting to raise it). So
+//! the demo's producer never runs more than [`Pacing::budget`] records per partition ahead of the slowest
+//! consumer group's committed offset (about half the mock's room), and the demo makes segments and
+//! archive files small enough to commit well inside that budget. Records the consumers must re-read after
+//! a crash (from their committed offsets) are therefore never trimmed either.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use common::config::KafkaConfig;
 use common::Config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,6 +27,105 @@ use crate::produce::{self, Outgoing, ProduceOptions};
 
 /// File that marks a directory as the demo's own, so a rerun may clear it.
 const MARKER: &str = ".lambda-demo";
+
+/// Bytes of record batches librdkafka's mock cluster keeps per partition (`rdkafka_mock.c`,
+/// `mpart->max_size`); older batches are deleted, read or not.
+const MOCK_PARTITION_BYTES: usize = 5 * 1024 * 1024;
+
+/// How far the demo's producer may run ahead of its consumers on the mock cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// Records per partition the slowest consumer group may have produced but not committed.
+    pub budget: i64,
+    /// Segment and archive file size (records) that commits several times within the budget.
+    pub commit_every: u64,
+}
+
+impl Pacing {
+    /// The budget for messages of these sizes: half the mock's room, counting each message's key, payload
+    /// and ~64 bytes of batch overhead.
+    pub fn for_messages(messages: &[Outgoing]) -> Pacing {
+        let bytes: usize = messages.iter().map(|m| m.payload.len() + m.key.as_ref().map_or(0, String::len) + 64).sum();
+        let average = (bytes / messages.len().max(1)).max(1);
+        let budget = (MOCK_PARTITION_BYTES / 2 / average).max(100) as i64;
+        Pacing { budget, commit_every: (budget / 4).max(1) as u64 }
+    }
+}
+
+/// Reads, per partition, how many records the slowest of the two consumer groups has not committed.
+struct Lag {
+    topic: String,
+    plain: BaseConsumer,
+    groups: Vec<BaseConsumer>,
+}
+
+impl Lag {
+    fn new(kafka: &KafkaConfig) -> rdkafka::error::KafkaResult<Lag> {
+        let group = |id: &str| {
+            let mut c = common::kafka::client_config(kafka);
+            c.set("group.id", id).set("enable.auto.commit", "false");
+            c.create::<BaseConsumer>()
+        };
+        Ok(Lag {
+            topic: kafka.topic.clone(),
+            plain: common::kafka::client_config(kafka).create()?,
+            groups: vec![group(&kafka.speed_group)?, group(&kafka.archive_group)?],
+        })
+    }
+
+    /// The largest count, over partitions and groups, of records past the group's committed offset (a group
+    /// that has committed nothing counts from the log start).
+    fn worst(&self) -> rdkafka::error::KafkaResult<i64> {
+        let timeout = Duration::from_secs(2);
+        let metadata = self.plain.fetch_metadata(Some(&self.topic), timeout)?;
+        let partitions: Vec<i32> =
+            metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut marks = std::collections::HashMap::new();
+        for &p in &partitions {
+            tpl.add_partition(&self.topic, p);
+            marks.insert(p, self.plain.fetch_watermarks(&self.topic, p, timeout)?);
+        }
+        let mut worst = 0;
+        for group in &self.groups {
+            let committed = group.committed_offsets(tpl.clone(), timeout)?;
+            for (&p, &(low, high)) in &marks {
+                let at = match committed.find_partition(&self.topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(n)) => n.max(low),
+                    _ => low,
+                };
+                worst = worst.max(high - at);
+            }
+        }
+        Ok(worst)
+    }
+}
+
+/// Holds the producer (`pause` = true) while the slowest group is `budget` records behind, and lets it go
+/// once that is down to half; checks every 100 ms until `stop`. Runs on a blocking thread.
+fn pace(
+    kafka: KafkaConfig,
+    budget: i64,
+    pause: tokio::sync::watch::Sender<bool>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let lag = Lag::new(&kafka).context("creating the pacing clients")?;
+    while !stop.is_cancelled() {
+        std::thread::sleep(Duration::from_millis(100));
+        match lag.worst() {
+            Ok(worst) => {
+                let paused = *pause.borrow();
+                let next = if paused { worst > budget / 2 } else { worst >= budget };
+                if next != paused {
+                    info!(behind = worst, budget, paused = next, "pacing the producer on the slowest consumer group");
+                }
+                pause.send_replace(next);
+            }
+            Err(e) => warn!(error = %e, "pacing: cannot read the consumer groups' progress"),
+        }
+    }
+    Ok(())
+}
 
 /// Options of `lambda demo`.
 #[derive(Debug, Clone)]
@@ -97,6 +206,16 @@ pub async fn run(mut config: Config, options: DemoOptions, shutdown: Cancellatio
         messages,
         &ProduceOptions { duplicates_pct: options.duplicates_pct, ..Default::default() },
     );
+    let total_messages = messages.len();
+    let pacing = Pacing::for_messages(&messages);
+    config.speed.segment_max_records = config.speed.segment_max_records.min(pacing.commit_every);
+    config.archive.max_file_records = config.archive.max_file_records.min(pacing.commit_every as usize);
+    info!(
+        budget = pacing.budget,
+        segment_max_records = config.speed.segment_max_records,
+        max_file_records = config.archive.max_file_records,
+        "pacing the producer to the mock cluster's 5 MB per partition"
+    );
 
     let stop = shutdown.child_token();
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
@@ -111,10 +230,16 @@ pub async fn run(mut config: Config, options: DemoOptions, shutdown: Cancellatio
         );
         let (c, s, t) = (config.clone(), store.clone(), stop.clone());
         tasks.spawn(async move { ("http api", serving_layer::run(c, s, t).await.map_err(Into::into)) });
+        let (pause_tx, pause_rx) = tokio::sync::watch::channel(false);
+        let (k, t, budget) = (config.kafka.clone(), stop.clone(), pacing.budget);
+        tasks.spawn(async move {
+            let paced = tokio::task::spawn_blocking(move || pace(k, budget, pause_tx, t)).await;
+            ("pacer", paced.map_err(anyhow::Error::from).and_then(|r| r))
+        });
         let (k, t, rate) = (config.kafka.clone(), stop.clone(), options.rate);
         let total = messages.len();
         tasks.spawn(async move {
-            let sent = produce::send(&k, &messages, Some(rate), &t).await;
+            let sent = produce::send_paced(&k, &messages, Some(rate), &t, Some(pause_rx)).await;
             if let Ok(n) = &sent {
                 info!(sent = n, of = total, "producer finished");
             }
@@ -124,8 +249,7 @@ pub async fn run(mut config: Config, options: DemoOptions, shutdown: Cancellatio
 
     let base = format!("http://{}", config.serve.listen);
     println!(
-        "lambda demo is running: {} events ({copies} duplicates) at {} events/s into topic `{}` ({} partitions)",
-        options.events.max(1),
+        "lambda demo is running: {total_messages} messages ({copies} of them repeats) at up to {} events/s into topic `{}` ({} partitions)",
         options.rate,
         config.kafka.topic,
         options.partitions

@@ -244,15 +244,17 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Batch { command: BatchCommand::Export { out, cutoffs } } => {
-            let cutoffs: std::collections::BTreeMap<i32, i64> = if cutoffs.is_empty() {
+            let (starts, cutoffs) = if cutoffs.is_empty() {
                 let store = common::store::open(&config.store.url).await?;
-                batch_layer::job::cutoffs(&config, &store).await?.0
+                let plan = batch_layer::job::cutoffs(&config, &store).await?;
+                (plan.archive_starts, plan.cutoffs)
             } else {
-                cutoffs.into_iter().collect()
+                (Default::default(), cutoffs.into_iter().collect())
             };
-            let report = tokio::task::spawn_blocking(move || batch_layer::job::export::export(&config, &cutoffs, &out))
-                .await
-                .context("the export task panicked")??;
+            let report =
+                tokio::task::spawn_blocking(move || batch_layer::job::export::export(&config, &starts, &cutoffs, &out))
+                    .await
+                    .context("the export task panicked")??;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Batch { command: BatchCommand::Schedule { cron } } => {

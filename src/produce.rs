@@ -134,6 +134,17 @@ pub async fn send(
     rate: Option<f64>,
     shutdown: &CancellationToken,
 ) -> Result<u64> {
+    send_paced(kafka, messages, rate, shutdown, None).await
+}
+
+/// [`send`], holding back while `pause` reads `true` (the demo's pacing on its consumers, `demo.rs`).
+pub async fn send_paced(
+    kafka: &KafkaConfig,
+    messages: &[Outgoing],
+    rate: Option<f64>,
+    shutdown: &CancellationToken,
+    mut pause: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<u64> {
     let producer: FutureProducer = producer_config(kafka).create().context("creating the Kafka producer")?;
     let tick = Duration::from_millis(10);
     let per_tick = rate.map(|r| (r * tick.as_secs_f64()).max(0.0));
@@ -145,6 +156,18 @@ pub async fn send(
     while i < messages.len() {
         if shutdown.is_cancelled() {
             break;
+        }
+        if let Some(rx) = pause.as_mut() {
+            if *rx.borrow_and_update() {
+                let pacer_gone = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = rx.changed() => changed.is_err(),
+                };
+                if pacer_gone {
+                    pause = None; // send on at the configured rate
+                }
+                continue;
+            }
         }
         if let Some(per_tick) = per_tick {
             if budget < 1.0 {

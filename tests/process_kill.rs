@@ -5,64 +5,13 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use support::process::Process;
 use support::{sample_messages, truth, Harness};
 
 const PATIENCE: Duration = Duration::from_secs(90);
-
-struct Process {
-    role: &'static str,
-    child: Option<Child>,
-    config: std::path::PathBuf,
-    log: std::path::PathBuf,
-    starts: usize,
-}
-
-impl Process {
-    fn new(role: &'static str, config: &std::path::Path, dir: &std::path::Path) -> Self {
-        Process { role, child: None, config: config.to_owned(), log: dir.join(format!("{role}.log")), starts: 0 }
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_lambda"))
-            .args(["--config", self.config.to_str().unwrap(), "--log", "info,librdkafka=error", self.role])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        self.starts += 1;
-    }
-
-    /// SIGKILL: no destructor, no flush, no commit, no LeaveGroup.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!(
-                    "{} exited by itself ({status}); log:\n{}",
-                    self.role,
-                    std::fs::read_to_string(&self.log).unwrap()
-                );
-            }
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_processes_lose_nothing_and_count_nothing_twice() {
@@ -70,8 +19,8 @@ async fn sigkilled_processes_lose_nothing_and_count_nothing_twice() {
     let h = Harness::start_with(3, support::CRASH_CONFIG).await;
     let config_path = h.dir.path().join("lambda.toml");
     std::fs::write(&config_path, toml::to_string(&h.config).unwrap()).unwrap();
-    let mut speed = Process::new("speed", &config_path, h.dir.path());
-    let mut archive = Process::new("archive", &config_path, h.dir.path());
+    let mut speed = Process::new("speed", &["speed"], &config_path, h.dir.path());
+    let mut archive = Process::new("archive", &["archive"], &config_path, h.dir.path());
     speed.start();
     archive.start();
 

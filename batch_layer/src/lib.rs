@@ -35,6 +35,10 @@ pub enum Error {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("polars: {0}")]
     Polars(#[from] polars::error::PolarsError),
+    /// The archive no longer holds offsets the published generation counted (files deleted or the archive
+    /// wiped); publishing would drop those records.
+    #[error("partition {partition}: the archive lacks offsets {from}..{to}, below the published cutoff {published}; refusing to publish (the archiver reads lost ranges again from Kafka while retention holds them; otherwise restore the files)")]
+    ArchiveLost { partition: i32, from: i64, to: i64, published: i64 },
     /// A new cutoff is below the published one: the archive lost files the previous generation used.
     #[error("partition {partition}: cutoff {new} is below the published cutoff {published}; refusing to publish (was the archive truncated?)")]
     CutoffRegressed { partition: i32, new: i64, published: i64 },

@@ -38,15 +38,15 @@ def main():
             SELECT * FROM scanned QUALIFY row_number() OVER (PARTITION BY _partition, _offset) = 1
         )
         SELECT * FROM records
-        QUALIFY row_number() OVER (PARTITION BY _dedup_key ORDER BY _timestamp NULLS LAST, _partition, _offset) = 1
+        QUALIFY _dedup_key IS NULL
+            OR row_number() OVER (PARTITION BY _dedup_key ORDER BY _timestamp NULLS LAST, _partition, _offset) = 1
         """
     )
     records = con.execute("SELECT count(*) FROM events").fetchone()[0]
     micros = lambda c: f"epoch_us({c})"
-    truncate = lambda x: f"CAST(trunc({x}) AS BIGINT)"
     for v in config["views"]:
         for g in v["granularities"]:
-            sql = views.aggregate_sql(v, g, fields, config["schema"]["event_time"], micros, truncate).replace(" div ", " // ")
+            sql = views.aggregate_sql(v, g, fields, config["schema"]["event_time"], micros).replace(" div ", " // ")
             sql = sql.replace("AS STRING", "AS VARCHAR")
             path = os.path.join(out, f"{v['name']}_{g}.parquet")
             con.execute(f"COPY ({sql}) TO '{path}' (FORMAT parquet)")

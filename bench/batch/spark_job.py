@@ -54,17 +54,16 @@ def main():
             SELECT *, row_number() OVER (
                 PARTITION BY _dedup_key ORDER BY _timestamp ASC NULLS LAST, _partition, _offset
             ) AS __k FROM records
-        ) WHERE __k = 1
+        ) WHERE _dedup_key IS NULL OR __k = 1
         """
     ).drop("__r", "__k")
     events.cache()
     n = events.count()
     events.createOrReplaceTempView("events")
     micros = lambda c: f"unix_micros({c})"
-    truncate = lambda x: f"CAST({x} AS BIGINT)"
     for v in config["views"]:
         for g in v["granularities"]:
-            sql = views.aggregate_sql(v, g, fields, config["schema"]["event_time"], micros, truncate)
+            sql = views.aggregate_sql(v, g, fields, config["schema"]["event_time"], micros)
             spark.sql(sql).coalesce(1).write.mode("overwrite").parquet(os.path.join(out, f"{v['name']}_{g}"))
     compute_seconds = time.perf_counter() - clock
     spark.stop()

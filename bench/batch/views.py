@@ -4,9 +4,11 @@ The rule they implement is DESIGN.md §5 as `batch_layer::job::compute` does it:
   1. keep archive records with `_offset < cutoff[_partition]` (partitions without a cutoff are left out);
   2. keep one record per (`_partition`, `_offset`) (files may overlap after a crash);
   3. keep one record per `_dedup_key`: earliest `_timestamp` (nulls last), then lowest partition, then offset;
+     a record whose `_dedup_key` is null has no key and is always kept (never merged with another);
   4. per view x granularity, group by bucket_start = floor(event_time_us / (step * 1e6)) * step seconds and
-     the dimensions (empty strings -> NULL, integers -> text); count(*) and sum of each `sum:<field>` metric in
-     micro-units, rounded half away from zero per value.
+     the dimensions (empty strings -> NULL, integers -> text); count(*) and the exact sum of each
+     `sum:<field>` metric as DECIMAL(38, 6): `f64` fields are archived as DECIMAL(22, 6) (exact, already
+     rounded by the decoder), `i64` fields are summed as integers.
 """
 import tomllib
 
@@ -32,10 +34,8 @@ def needed_columns(config, fields):
     return seen
 
 
-def aggregate_sql(view, granularity, fields, event_time, micros_expr, truncate, table="events"):
-    """The SELECT for one table. `micros_expr(col)` is the engine's Unix-microseconds expression and
-    `truncate(x)` its double -> BIGINT conversion toward zero (Spark's CAST truncates; DuckDB's CAST rounds
-    half to even, so DuckDB needs trunc() first: the equality check caught that)."""
+def aggregate_sql(view, granularity, fields, event_time, micros_expr, table="events"):
+    """The SELECT for one table. `micros_expr(col)` is the engine's Unix-microseconds expression."""
     step = STEPS[granularity]
     select = [f"({micros_expr(event_time)} div {step * 1_000_000}) * {step} AS bucket_start"]
     for d in view["dimensions"]:
@@ -48,11 +48,7 @@ def aggregate_sql(view, granularity, fields, event_time, micros_expr, truncate, 
             select.append("count(*) AS count")
             continue
         field = m.split(":", 1)[1]
-        if fields[field] == "i64":
-            select.append(f"CAST(COALESCE(SUM({field} * 1000000), 0) AS BIGINT) AS sum_{field}")
-        else:
-            s = f"({field} * CAST(1000000 AS DOUBLE))"
-            rounded = truncate(f"CASE WHEN {s} >= 0 THEN {s} + 0.5 ELSE {s} - 0.5 END")
-            select.append(f"CAST(COALESCE(SUM({rounded}), 0) AS BIGINT) AS sum_{field}")
+        value = f"CAST({field} AS DECIMAL(38, 0))" if fields[field] == "i64" else field
+        select.append(f"CAST(COALESCE(SUM({value}), 0) AS DECIMAL(38, 6)) AS sum_{field}")
     groups = ", ".join(str(i + 1) for i in range(1 + len(view["dimensions"])))
     return f"SELECT {', '.join(select)} FROM {table} GROUP BY {groups}"

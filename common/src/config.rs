@@ -69,11 +69,26 @@ pub struct SchemaConfig {
     pub time_formats: Vec<String>,
     /// `"content"` (a 128-bit hash of the canonical field values) or the name of a field.
     pub dedup_key: String,
+    /// What a record whose named dedup key is missing, null or empty is: its own event (`keep`, counted in
+    /// `records_without_dedup_key_total`) or a dead letter (`dead_letter`). Never merged with another.
+    #[serde(default)]
+    pub dedup_missing: DedupMissing,
     /// Field whose value keys the Kafka message (`lambda produce`); none sends unkeyed messages.
     #[serde(default)]
     pub message_key: Option<String>,
     /// Records larger than this many bytes go to the dead-letter output.
     pub max_record_bytes: usize,
+}
+
+/// `schema.dedup_missing`: the fate of a record whose named dedup key is missing, null or empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupMissing {
+    /// The record is its own event: never merged with another record.
+    #[default]
+    Keep,
+    /// The record goes to the dead-letter output with the reason.
+    DeadLetter,
 }
 
 /// One `[[schema.fields]]` entry.
@@ -90,7 +105,10 @@ pub struct FieldConfig {
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     String,
+    /// A JSON integer that fits an i64.
     I64,
+    /// A JSON number, read exactly from its text as a decimal with 6 places, at most 1e15 in magnitude
+    /// ([`crate::decimal`]); archived as `DECIMAL(22, 6)`.
     F64,
     Timestamp,
 }
@@ -153,9 +171,18 @@ pub struct BatchConfig {
     pub cron: String,
     /// Generations kept in the store (at least 2).
     pub keep_generations: u32,
-    /// A run holds the batch lease this long at most.
+    /// A run's lease lasts this long unless renewed; a running job renews it every third of it. A run
+    /// that fails to renew in time loses the lease and can write nothing more (DESIGN.md §5).
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// `/healthz` says `degraded` when a partition's cutoff has not moved for this long while its log grew
+    /// (or no generation was published for this long).
+    #[serde(with = "humantime_serde", default = "default_stall_after")]
+    pub stall_after: Duration,
+}
+
+fn default_stall_after() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 
 /// `[serve]`: the HTTP API.
@@ -175,6 +202,21 @@ pub struct ServeConfig {
     /// Most answers kept in the cache.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: u64,
+    /// Most bytes of answers (JSON plus its gzip form) kept in the cache; a larger answer is not cached.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// Most rows a query may read (batch or speed rows in its range); past it the query gets 400 naming the
+    /// range and this limit, before the store builds the answer.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+}
+
+fn default_cache_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+
+fn default_max_rows() -> usize {
+    1_000_000
 }
 
 fn default_cache_ttl() -> Duration {
@@ -233,6 +275,13 @@ impl Config {
         }
         if k.speed_group == k.archive_group {
             return Err(Error::invalid("kafka.archive_group", "must differ from kafka.speed_group"));
+        }
+        for (section, overrides) in [("client", &k.client), ("consumer", &k.consumer)] {
+            for key in overrides.keys() {
+                if let Some(why) = reserved_consumer_key(key) {
+                    return Err(Error::invalid(format!("kafka.{section}.\"{key}\""), why));
+                }
+            }
         }
 
         let s = &self.schema;
@@ -367,6 +416,9 @@ impl Config {
         if self.speed.segment_max_records == 0 {
             return Err(Error::invalid("speed.segment_max_records", "must be positive"));
         }
+        if self.serve.max_rows == 0 {
+            return Err(Error::invalid("serve.max_rows", "must be positive"));
+        }
         if self.batch.keep_generations < 2 {
             return Err(Error::invalid("batch.keep_generations", "must be at least 2 (DESIGN.md §5)"));
         }
@@ -377,6 +429,30 @@ impl Config {
     /// Type of the schema field `name`, if it exists.
     pub fn field_type(&self, name: &str) -> Option<FieldType> {
         self.schema.fields.iter().find(|f| f.name == name).map(|f| f.ty)
+    }
+}
+
+/// Why a librdkafka consumer property may not be overridden, if it is one the design depends on.
+///
+/// Offsets are committed only after the downstream write is durable (so no auto commit or auto offset
+/// store), a new group reads the topic from its start (`auto.offset.reset`), aborted transactional records
+/// are never read (`isolation.level = read_committed`), and the group ids are `kafka.speed_group` and
+/// `kafka.archive_group` (DESIGN.md §4).
+pub fn reserved_consumer_key(key: &str) -> Option<&'static str> {
+    match key {
+        "enable.auto.commit" | "auto.commit.enable" | "enable.auto.offset.store" => Some(
+            "offsets are committed only after the rows or files are durable (DESIGN.md §4); this cannot be overridden",
+        ),
+        "auto.offset.reset" | "offset.store.method" => Some(
+            "a new consumer group must start at the earliest offset so nothing is skipped; this cannot be overridden",
+        ),
+        "isolation.level" => Some(
+            "consumers read committed records only (aborted transactions are not events); this cannot be overridden",
+        ),
+        "group.id" => Some("set kafka.speed_group and kafka.archive_group instead"),
+        "bootstrap.servers" | "metadata.broker.list" => Some("set kafka.brokers instead"),
+        "enable.partition.eof" => Some("the consumers manage end-of-partition themselves; this cannot be overridden"),
+        _ => None,
     }
 }
 
@@ -434,6 +510,28 @@ mod tests {
     fn bad_duration_is_reported_with_key() {
         let msg = err_key("[speed]\nflush_interval = \"soon\"\n");
         assert!(msg.contains("flush_interval"), "{msg}");
+    }
+
+    /// Issue 9, item 9: client overrides cannot switch off the settings exactly-once depends on.
+    #[test]
+    fn unsafe_kafka_overrides_are_rejected() {
+        for section in ["client", "consumer"] {
+            for key in [
+                "enable.auto.commit",
+                "auto.commit.enable",
+                "enable.auto.offset.store",
+                "auto.offset.reset",
+                "isolation.level",
+                "group.id",
+            ] {
+                let toml = format!("[kafka.{section}]\n\"{key}\" = \"true\"\n");
+                let named = err_key(&toml);
+                assert!(named.contains(section) && named.contains(key), "{toml} -> {named}");
+            }
+        }
+        // settings the design does not depend on stay free
+        assert!(Config::from_toml_str("[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n").is_ok());
+        assert!(Config::from_toml_str("[kafka.client]\n\"security.protocol\" = \"ssl\"\n").is_ok());
     }
 
     #[test]

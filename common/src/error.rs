@@ -21,6 +21,12 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// A fenced write found its lease gone: another run took it over, or it expired (DESIGN.md §5).
+    #[error("lost the {name} lease (token {token}, holder {holder}): another run took it over or it expired; this run writes nothing more")]
+    Fenced { name: String, holder: String, token: i64 },
+    /// A write the store contract forbids (e.g. rewriting a published generation).
+    #[error("view store ({table}): refused: {message}")]
+    StoreRefused { table: &'static str, message: String },
     /// A value read back from the store could not be interpreted.
     #[error("view store ({table}): corrupt value: {message}")]
     StoreCorrupt { table: &'static str, message: String },

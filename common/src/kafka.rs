@@ -11,22 +11,24 @@ use rdkafka::error::KafkaResult;
 
 use crate::config::KafkaConfig;
 
-/// Consumer settings of both consumers: `group_id`, manual commits only (offsets are committed after the
-/// downstream write is durable), `earliest` reset for a new group, then the user's `[kafka.client]` and
-/// `[kafka.consumer]` overrides.
+/// Consumer settings of both consumers: the defaults below, then the user's `[kafka.client]` and
+/// `[kafka.consumer]` overrides, then the settings exactly-once depends on, which always win (config
+/// validation already rejects overrides of them, [`crate::config::reserved_consumer_key`]): `group_id`,
+/// manual commits only (offsets are committed after the downstream write is durable), `earliest` reset
+/// for a new group, committed records only.
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
+    c.set("session.timeout.ms", "10000").set("heartbeat.interval.ms", "1000");
+    for (k, v) in kafka.client.iter().chain(&kafka.consumer) {
+        c.set(k, v);
+    }
     c.set("bootstrap.servers", &kafka.brokers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
-    for (k, v) in kafka.client.iter().chain(&kafka.consumer) {
-        c.set(k, v);
-    }
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
     c
 }
 
@@ -36,6 +38,33 @@ pub fn subscribe(kafka: &KafkaConfig, group_id: &str) -> KafkaResult<Arc<StreamC
         consumer_config(kafka, group_id).create_with_context(AssignmentContext::default())?;
     consumer.subscribe(&[&kafka.topic])?;
     Ok(Arc::new(consumer))
+}
+
+/// Settings of a plain client (metadata and watermark reads, no group): the brokers, then the user's
+/// `[kafka.client]` overrides.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in &kafka.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The low and high watermark of every partition of `kafka.topic`, read with a plain client (blocking,
+/// up to `timeout` per request). Errors: the topic's metadata or a partition's watermarks cannot be read.
+pub fn watermarks(kafka: &KafkaConfig, timeout: std::time::Duration) -> KafkaResult<Vec<(i32, i64, i64)>> {
+    let consumer: BaseConsumer = client_config(kafka).create()?;
+    let metadata = consumer.fetch_metadata(Some(&kafka.topic), timeout)?;
+    let mut out = Vec::new();
+    for topic in metadata.topics().iter().filter(|t| t.name() == kafka.topic) {
+        for partition in topic.partitions() {
+            let (low, high) = consumer.fetch_watermarks(&kafka.topic, partition.id(), timeout)?;
+            out.push((partition.id(), low, high));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 /// Producer settings for `lambda produce`, then the user's `[kafka.client]` and `[kafka.producer]` overrides.

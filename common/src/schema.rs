@@ -7,6 +7,7 @@
 //! slots ([`Decoder::decode_ref`]): strings without escapes are borrowed from the payload, fields outside the
 //! schema are skipped without being built, and timestamps in the shapes `YYYY-MM-DD HH:MM:SS<literal>` and
 //! RFC 3339 take a fast path that gives the same instant as `chrono` (anything else goes to `chrono`).
+//! Numbers of `f64` fields are read from their JSON text into exact micro-units ([`crate::decimal`]).
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -14,16 +15,19 @@ use std::fmt;
 
 use chrono::{DateTime, NaiveDateTime};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
-use crate::config::{Config, FieldType};
+use crate::config::{Config, DedupMissing, FieldType};
+use crate::decimal::{parse_micros, NumberError};
 
 /// A typed field value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Null,
     Str(String),
     I64(i64),
-    F64(f64),
+    /// The value of an `f64` field: micro-units (10^-6), exact ([`crate::decimal`]).
+    Decimal(i128),
     /// Unix microseconds, UTC.
     Timestamp(i64),
 }
@@ -35,20 +39,21 @@ impl Value {
             Value::Null => FieldRef::Null,
             Value::Str(s) => FieldRef::Str(Cow::Borrowed(s)),
             Value::I64(v) => FieldRef::I64(*v),
-            Value::F64(v) => FieldRef::F64(*v),
+            Value::Decimal(v) => FieldRef::Decimal(*v),
             Value::Timestamp(v) => FieldRef::Timestamp(*v),
         }
     }
 }
 
 /// A typed field value whose string borrows from the record payload when it has no escapes.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum FieldRef<'a> {
     #[default]
     Null,
     Str(Cow<'a, str>),
     I64(i64),
-    F64(f64),
+    /// Micro-units, as [`Value::Decimal`].
+    Decimal(i128),
     /// Unix microseconds, UTC.
     Timestamp(i64),
 }
@@ -60,31 +65,33 @@ impl FieldRef<'_> {
             FieldRef::Null => Value::Null,
             FieldRef::Str(s) => Value::Str(s.into_owned()),
             FieldRef::I64(v) => Value::I64(v),
-            FieldRef::F64(v) => Value::F64(v),
+            FieldRef::Decimal(v) => Value::Decimal(v),
             FieldRef::Timestamp(v) => Value::Timestamp(v),
         }
     }
 }
 
 /// A decoded event: one value per schema field (schema order), its event time and dedup key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub values: Vec<Value>,
     /// Event time in Unix microseconds, UTC.
     pub event_time: i64,
-    /// 128-bit event identity: xxh3-128 of the canonical field values (`content`) or of one field.
-    pub dedup_key: u128,
+    /// 128-bit event identity: xxh3-128 of the canonical field values (`content`) or of the named field.
+    /// `None` when the named field is missing, null or empty: the record is then its own event, never
+    /// merged with another (DESIGN.md §4).
+    pub dedup_key: Option<u128>,
 }
 
 /// A decoded event borrowing its strings from the payload: what [`Decoder::decode_ref`] returns.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRef<'a> {
     /// One value per schema field, schema order.
     pub values: Vec<FieldRef<'a>>,
     /// Event time in Unix microseconds, UTC.
     pub event_time: i64,
     /// As [`Event::dedup_key`].
-    pub dedup_key: u128,
+    pub dedup_key: Option<u128>,
 }
 
 impl EventRef<'_> {
@@ -120,6 +127,7 @@ pub struct Decoder {
     fields: Vec<(String, FieldType)>,
     event_time: usize,
     dedup_field: Option<usize>,
+    dedup_missing: DedupMissing,
     formats: Vec<TimeFormat>,
     max_bytes: usize,
 }
@@ -132,6 +140,7 @@ impl Decoder {
         Decoder {
             event_time: pos(&s.event_time).expect("validated event_time"),
             dedup_field: if s.dedup_key == "content" { None } else { pos(&s.dedup_key) },
+            dedup_missing: s.dedup_missing,
             formats: s
                 .time_formats
                 .iter()
@@ -163,9 +172,11 @@ impl Decoder {
     /// Decodes one record payload, borrowing strings from it.
     ///
     /// Errors (the reason names the field): payload over `schema.max_record_bytes`, not JSON, not an
-    /// object, a value of the wrong type, a missing event time or one that matches no `time_formats`.
-    /// Missing fields other than the event time are null; fields not in the schema are ignored; when a key
-    /// repeats, its last value counts. The first problem met while reading the record is the one reported.
+    /// object, a value of the wrong type, a number out of range ([`crate::decimal`]), a missing event time
+    /// or one that matches no `time_formats`, and, with `schema.dedup_missing = "dead_letter"`, a missing,
+    /// null or empty named dedup key. Missing fields other than the event time are null; fields not in the
+    /// schema are ignored; when a key repeats, its last value counts. The first problem met while reading
+    /// the record is the one reported.
     pub fn decode_ref<'a>(&self, payload: &'a [u8]) -> Result<EventRef<'a>, DecodeError> {
         if payload.len() > self.max_bytes {
             return Err(DecodeError(format!(
@@ -186,11 +197,32 @@ impl Decoder {
         let FieldRef::Timestamp(event_time) = values[self.event_time] else {
             return Err(DecodeError(format!("missing event time `{}`", self.fields[self.event_time].0)));
         };
-        let dedup_key = match self.dedup_field {
-            None => content_hash_ref(&values),
-            Some(i) => content_hash_ref(std::slice::from_ref(&values[i])),
-        };
+        let dedup_key = self.dedup_key(&values);
+        if dedup_key.is_none() && self.dedup_missing == DedupMissing::DeadLetter {
+            let name = &self.fields[self.dedup_field.expect("only a named key can be missing")].0;
+            return Err(DecodeError(format!(
+                "field `{name}`: the dedup key is missing, null or empty (schema.dedup_missing = \"dead_letter\")"
+            )));
+        }
         Ok(EventRef { values, event_time, dedup_key })
+    }
+
+    /// The dedup key of an event with these field values (schema order): the content hash of all of them
+    /// (`dedup_key = "content"`), or of the named field, `None` when that is missing, null or empty.
+    pub fn dedup_key(&self, values: &[FieldRef<'_>]) -> Option<u128> {
+        match self.dedup_field {
+            None => Some(content_hash_ref(values)),
+            Some(i) => match &values[i] {
+                FieldRef::Null => None,
+                FieldRef::Str(s) if s.is_empty() => None,
+                value => Some(content_hash_ref(std::slice::from_ref(value))),
+            },
+        }
+    }
+
+    /// True when the dedup key is a named field (records can then lack one).
+    pub fn has_named_dedup_key(&self) -> bool {
+        self.dedup_field.is_some()
     }
 
     /// Parses a timestamp with the configured formats, in order; Unix microseconds.
@@ -212,6 +244,21 @@ impl Decoder {
     fn wrong(&self, field: usize, found: &str) -> DecodeError {
         let (name, ty) = &self.fields[field];
         DecodeError(format!("field `{name}`: expected {}, found {found}", type_name(*ty)))
+    }
+
+    /// The value of `f64` field `field` from the raw JSON text of its value.
+    fn decimal(&self, field: usize, raw: &str) -> Result<FieldRef<'static>, DecodeError> {
+        match raw.as_bytes().first() {
+            Some(b'n') => Ok(FieldRef::Null),
+            Some(b'"') => Err(self.wrong(field, "a string")),
+            Some(b't' | b'f') => Err(self.wrong(field, "a boolean")),
+            Some(b'[') => Err(self.wrong(field, "an array")),
+            Some(b'{') => Err(self.wrong(field, "an object")),
+            _ => parse_micros(raw).map(FieldRef::Decimal).map_err(|e| match e {
+                NumberError::OutOfRange(_) => DecodeError(format!("field `{}`: {e}", self.fields[field].0)),
+                NumberError::Syntax(_) => self.wrong(field, "something else"),
+            }),
+        }
     }
 
     fn unparsable(&self, field: usize, s: &str) -> DecodeError {
@@ -262,6 +309,11 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
         let fields = &self.decoder.fields;
         while let Some(slot) = map.next_key_seed(KeySeed(fields))? {
             match slot {
+                Some(field) if fields[field].1 == FieldType::F64 => {
+                    // numbers are read from their text, never through a binary float
+                    let raw: &'de RawValue = map.next_value()?;
+                    self.values[field] = self.decoder.decimal(field, raw.get()).map_err(|e| self.fail(e))?;
+                }
                 Some(field) => {
                     let value =
                         map.next_value_seed(FieldSeed { decoder: self.decoder, field, failure: self.failure })?;
@@ -360,27 +412,29 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
         self.wrong("a boolean")
     }
 
+    // `f64` fields never get here: they are read from their raw text (RecordSeed::visit_map)
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<FieldRef<'de>, E> {
         match self.ty() {
             FieldType::I64 => Ok(FieldRef::I64(v)),
-            FieldType::F64 => Ok(FieldRef::F64(v as f64)),
-            FieldType::String | FieldType::Timestamp => self.wrong("an integer"),
+            _ => self.wrong("an integer"),
         }
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<FieldRef<'de>, E> {
         match self.ty() {
-            FieldType::I64 => i64::try_from(v).map(FieldRef::I64).or_else(|_| self.wrong("an integer")),
-            FieldType::F64 => Ok(FieldRef::F64(v as f64)),
-            FieldType::String | FieldType::Timestamp => self.wrong("an integer"),
+            FieldType::I64 => i64::try_from(v).map(FieldRef::I64).map_err(|_| {
+                self.failure.set(Some(DecodeError(format!(
+                    "field `{}`: {v} is out of range for an i64 field",
+                    self.decoder.fields[self.field].0
+                ))));
+                E::custom("invalid field")
+            }),
+            _ => self.wrong("an integer"),
         }
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<FieldRef<'de>, E> {
-        match self.ty() {
-            FieldType::F64 if v.is_finite() => Ok(FieldRef::F64(v)),
-            _ => self.wrong("a number"),
-        }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<FieldRef<'de>, E> {
+        self.wrong("a number")
     }
 
     fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<FieldRef<'de>, E> {
@@ -500,7 +554,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// xxh3-128 of the canonical encoding of `values`: per value a type tag, then the value
-/// (strings length-prefixed, numbers little-endian, floats by their bits, timestamps in microseconds).
+/// (strings length-prefixed, integers and micro-units little-endian, timestamps in microseconds).
 pub fn content_hash(values: &[Value]) -> u128 {
     let refs: Vec<FieldRef<'_>> = values.iter().map(Value::as_field_ref).collect();
     content_hash_ref(&refs)
@@ -521,9 +575,9 @@ pub fn content_hash_ref(values: &[FieldRef<'_>]) -> u128 {
                 buf.push(2);
                 buf.extend_from_slice(&i.to_le_bytes());
             }
-            FieldRef::F64(f) => {
+            FieldRef::Decimal(m) => {
                 buf.push(3);
-                buf.extend_from_slice(&f.to_bits().to_le_bytes());
+                buf.extend_from_slice(&m.to_le_bytes());
             }
             FieldRef::Timestamp(t) => {
                 buf.push(4);
@@ -553,8 +607,8 @@ mod tests {
         let b = d.decode(GOOD.replace("2019-11-08 08:14:53 UTC", "2019-11-08T09:14:53+01:00").as_bytes()).unwrap();
         assert_eq!(a.event_time, 1_573_200_893_000_000);
         assert_eq!(a.event_time, b.event_time);
-        assert_ne!(a.dedup_key, 0);
-        assert_eq!(a.values[6], Value::F64(776.74));
+        assert!(a.dedup_key.is_some_and(|k| k != 0));
+        assert_eq!(a.values[6], Value::Decimal(776_740_000));
     }
 
     #[test]
@@ -590,13 +644,13 @@ mod tests {
         let e = d.decode_ref(record.as_bytes()).unwrap();
         assert_eq!(e.values[5], FieldRef::Str(Cow::Owned("apple".into())), "escapes are decoded");
         assert!(matches!(e.values[1], FieldRef::Str(Cow::Borrowed("view"))), "plain strings are borrowed");
-        assert_eq!(e.values[6], FieldRef::F64(3.0), "an integer is a valid number");
+        assert_eq!(e.values[6], FieldRef::Decimal(3_000_000), "an integer is a valid number");
         assert_eq!(e.values[7], FieldRef::Null);
         assert_eq!(e.values[2], FieldRef::I64(6), "the last of a repeated key counts");
         assert_eq!(e.values[8], FieldRef::Null, "missing is null");
         let owned = d.decode(record.as_bytes()).unwrap();
         assert_eq!(owned.dedup_key, e.dedup_key);
-        assert_eq!(owned.dedup_key, content_hash(&owned.values));
+        assert_eq!(owned.dedup_key, Some(content_hash(&owned.values)));
 
         let reason = |s: &str| d.decode(s.as_bytes()).unwrap_err().0;
         let with =
@@ -607,11 +661,44 @@ mod tests {
         assert_eq!(reason(&with("user_id", "1.5")), "field `user_id`: expected an integer, found a number");
         assert_eq!(
             reason(&with("user_id", "18446744073709551615")),
-            "field `user_id`: expected an integer, found an integer"
+            "field `user_id`: 18446744073709551615 is out of range for an i64 field"
         );
+        assert_eq!(reason(&with("price", "true")), "field `price`: expected a number, found a boolean");
+        assert_eq!(reason(&with("price", "[1]")), "field `price`: expected a number, found an array");
+        assert_eq!(
+            reason(&with("price", "1e300")),
+            "field `price`: 1e300 is out of range (numbers are accepted up to 1e15 in magnitude)"
+        );
+        let big = d.decode(with("price", "123456789012345.123456").as_bytes()).unwrap();
+        assert_eq!(big.values[6], Value::Decimal(123_456_789_012_345_123_456), "exact past 2^53");
+        assert_eq!(d.decode(with("price", "null").as_bytes()).unwrap().values[6], Value::Null);
         assert_eq!(reason("\"text\""), "not a JSON object");
         assert!(reason(r#"{"event_time":"2019-11-08 08:14:53 UTC"} x"#).starts_with("not JSON: trailing characters"));
         assert!(reason(r#"{"event_time":"2019-11-08 08:14:53 UTC","#).starts_with("not JSON"));
+    }
+
+    /// Issue 9, item 1: a named dedup key that is missing, null or empty is no key (the record is its own
+    /// event), or a dead letter when `schema.dedup_missing = "dead_letter"`.
+    #[test]
+    fn a_missing_named_dedup_key_is_no_key() {
+        let keep = Decoder::new(&Config::from_toml_str("[schema]\ndedup_key = \"user_session\"\n").unwrap());
+        let strict = Decoder::new(
+            &Config::from_toml_str("[schema]\ndedup_key = \"user_session\"\ndedup_missing = \"dead_letter\"\n")
+                .unwrap(),
+        );
+        let base = r#"{"event_time":"2019-11-08 08:14:53 UTC","price":1"#;
+        for session in ["", r#","user_session":null"#, r#","user_session":"""#] {
+            let record = format!("{base}{session}}}");
+            assert_eq!(keep.decode(record.as_bytes()).unwrap().dedup_key, None, "{record}");
+            let reason = strict.decode(record.as_bytes()).unwrap_err().0;
+            assert!(reason.contains("user_session") && reason.contains("dedup key"), "{reason}");
+        }
+        let named = format!(r#"{base},"user_session":"s1"}}"#);
+        let other_content = format!(r#"{base}0,"user_session":"s1"}}"#);
+        let a = keep.decode(named.as_bytes()).unwrap().dedup_key;
+        assert!(a.is_some());
+        assert_eq!(a, keep.decode(other_content.as_bytes()).unwrap().dedup_key, "the key is the field alone");
+        assert_eq!(a, strict.decode(named.as_bytes()).unwrap().dedup_key);
     }
 
     /// The fast timestamp paths against chrono on a spread of instants, fractions and offsets, plus the

@@ -5,11 +5,17 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Installs the process-wide tracing subscriber (stderr; `RUST_LOG`-style `filter`, e.g. `info,rdkafka=warn`).
+/// Colours only when stderr is a terminal, so log files and collectors get plain `key=value` text.
 /// Safe to call more than once: later calls do nothing.
 pub fn init_tracing(filter: &str) {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 /// The process-wide Prometheus recorder, installed on first use; `/metrics` renders it.

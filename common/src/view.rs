@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, FieldType};
-use crate::decimal::{f64_to_micros, MICROS_PER_UNIT};
+use crate::decimal::int_to_micros;
 use crate::schema::FieldRef;
 
 /// Width of a time bucket. Buckets are aligned to the Unix epoch in UTC.
@@ -103,13 +103,13 @@ pub enum ResolvedMetric {
 
 impl ResolvedMetric {
     /// The contribution of an event with field `values` (schema order): 1 for count, the field value in
-    /// micro-units for a sum (null adds nothing).
-    pub fn contribution(&self, values: &[FieldRef<'_>]) -> i64 {
+    /// micro-units for a sum (null adds nothing), exact for every accepted value ([`crate::decimal`]).
+    pub fn contribution(&self, values: &[FieldRef<'_>]) -> i128 {
         match self {
             ResolvedMetric::Count => 1,
             ResolvedMetric::Sum { field, .. } => match &values[*field] {
-                FieldRef::I64(v) => v.saturating_mul(MICROS_PER_UNIT),
-                FieldRef::F64(v) => f64_to_micros(*v),
+                FieldRef::I64(v) => int_to_micros(*v),
+                FieldRef::Decimal(micros) => *micros,
                 _ => 0,
             },
         }

@@ -16,6 +16,11 @@ use serde::Serialize;
 
 use crate::merge::MergedRow;
 
+/// How duplicates are counted, stated in every answer (DESIGN.md §4-5; README "Duplicates").
+pub const DEDUP_RULE: &str = "batch rows count each event once (by its dedup key) below the manifest's cutoffs; \
+speed rows past the cutoffs drop repeats within their segment only, so copies of one event that fall in different \
+segments count once per segment until a batch run's cutoff passes them";
+
 /// The manifest as reported with every answer.
 #[derive(Debug, Serialize)]
 pub struct ManifestRef<'a> {
@@ -45,6 +50,8 @@ pub fn write_answer(
     out.extend_from_slice(granularity.as_str().as_bytes());
     out.extend_from_slice(b"\",\"manifest\":");
     serde_json::to_writer(&mut out, &manifest.map(ManifestRef::from)).expect("writing to memory does not fail");
+    out.extend_from_slice(b",\"dedup\":");
+    write_str(&mut out, DEDUP_RULE);
     out.extend_from_slice(b",\"rows\":[");
     let key = |name: &str| {
         let mut k = Vec::new();
@@ -121,15 +128,19 @@ mod tests {
         let manifest = Manifest {
             generation: 3,
             cutoffs: [(0, 10), (2, 7)].into(),
+            archive_starts: Default::default(),
             rows: Default::default(),
             records_scanned: 1,
             repeated_records_removed: 0,
             duplicates_removed: 0,
+            records_without_dedup_key: 0,
             cutoff_notes: vec![],
+            log_ends: Default::default(),
+            cutoff_progress: Default::default(),
             started_at: chrono::Utc::now(),
             finished_at: chrono::Utc::now(),
         };
-        let row = |bucket: i64, dims: Vec<Option<&str>>, count: i64, micros: i64, source| MergedRow {
+        let row = |bucket: i64, dims: Vec<Option<&str>>, count: i128, micros: i128, source| MergedRow {
             bucket_start: bucket,
             dims: dims.into_iter().map(|d| d.map(str::to_owned)).collect(),
             metrics: vec![count, micros],
@@ -145,6 +156,7 @@ mod tests {
         let want = json!({
             "view": "by_brand", "granularity": "minute",
             "manifest": {"generation": 3, "cutoffs": {"0": 10, "2": 7}, "finished_at": manifest.finished_at},
+            "dedup": DEDUP_RULE,
             "rows": [
                 {"bucket_start": "2019-11-15T00:00:00Z", "dims": {"event_type": "view", "brand": null},
                  "metrics": {"count": 3, "sum_price": 12345.67}, "source": "batch"},
@@ -157,6 +169,14 @@ mod tests {
         assert_eq!(got, want);
         let text = std::str::from_utf8(&text).unwrap();
         assert!(text.contains(r#""sum_price":12345.67}"#), "decimals are exact JSON numbers: {text}");
+        // past 64 bits, exact digits (compared as text: a JSON value tree holds no such number exactly)
+        let big = row(1_573_776_060, vec![Some("view"), Some("big")], 1 << 70, -(1 << 100), Source::Speed);
+        let big = write_answer(view, Granularity::Minute, None, &[0, 1], &[big]);
+        let big = std::str::from_utf8(&big).unwrap();
+        assert!(
+            big.contains(r#""count":1180591620717411303424,"sum_price":-1267650600228229401496703.205376}"#),
+            "{big}"
+        );
         let none = write_answer(view, Granularity::Day, None, &[], &[row(0, vec![], 1, 1, Source::Speed)]);
         let none: Value = serde_json::from_slice(&none).unwrap();
         assert_eq!(none["manifest"], Value::Null);

@@ -1,7 +1,8 @@
 //! HTTP handlers, parameter validation and error mapping.
 //!
-//! Bad parameters get 400 with `{"error":{"parameter":"<name>","message":"..."}}`; store failures get 500
-//! with a generic message (the detail goes to the log, never to the client).
+//! Bad parameters get 400 with `{"error":{"parameter":"<name>","message":"..."}}`, an unknown view 404;
+//! store failures get 500 (503 when retryable) with a generic message (the detail goes to the log, never to
+//! the client). A query that would read more than `serve.max_rows` rows gets 400 before the store builds it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use common::config::Config;
 use common::store::{BatchRow, Manifest, RowQuery, ViewStore};
 use common::view::{Granularity, View, ViewSet};
@@ -31,7 +32,8 @@ pub struct AppState {
     config: Arc<Config>,
     views: Arc<ViewSet>,
     store: Arc<dyn ViewStore>,
-    /// Serialized answers by view and query string, for `serve.cache_ttl` (None when 0).
+    /// Serialized answers by view and query string, for `serve.cache_ttl` (None when 0). Bounded in bytes
+    /// (`serve.cache_bytes`) and in entries (`serve.cache_entries`): see [`AppState::new`].
     cache: Option<Cache<String, Cached>>,
     /// Keys whose refresh is running, so an expired answer is recomputed once, not once per request.
     refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -60,6 +62,11 @@ impl Cached {
     fn new(body: Bytes) -> Self {
         let gzip = (body.len() >= GZIP_MIN_BYTES).then(|| gzip(&body));
         Cached { at: Instant::now(), body, gzip }
+    }
+
+    /// Bytes this answer holds in the cache (its JSON and gzip forms).
+    fn bytes(&self) -> u64 {
+        (self.body.len() + self.gzip.as_ref().map_or(0, |g| g.len())) as u64
     }
 
     /// The response: gzip when the client accepts it and a compressed form exists.
@@ -110,10 +117,23 @@ fn json_response(body: Bytes) -> Response {
 const STALE_TTLS: u32 = 20;
 
 impl AppState {
+    /// The handlers' state. The answer cache weighs each entry by its bytes (JSON, gzip form and key) with
+    /// a floor of `cache_bytes / cache_entries`, against a capacity of `cache_bytes`: so it holds at most
+    /// `cache_bytes` bytes and at most `cache_entries` answers, and an answer larger than the whole cache
+    /// is not kept.
     pub fn new(config: Config, store: Arc<dyn ViewStore>) -> Self {
         let ttl = config.serve.cache_ttl;
-        let cache = (!ttl.is_zero())
-            .then(|| Cache::builder().max_capacity(config.serve.cache_entries).time_to_live(ttl * STALE_TTLS).build());
+        let bytes = config.serve.cache_bytes.max(1);
+        let floor = (bytes / config.serve.cache_entries.max(1)).max(1);
+        let cache = (!ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(bytes)
+                .weigher(move |key: &String, answer: &Cached| {
+                    u32::try_from((key.len() as u64 + answer.bytes()).max(floor)).unwrap_or(u32::MAX)
+                })
+                .time_to_live(ttl * STALE_TTLS)
+                .build()
+        });
         AppState {
             views: Arc::new(ViewSet::new(&config)),
             config: Arc::new(config),
@@ -226,17 +246,65 @@ async fn track(request: Request, next: Next) -> Response {
     response
 }
 
+/// `200 {"status":"ok"}`; `200 {"status":"degraded","reasons":[...]}` when the batch view has stalled
+/// ([`stall_reasons`]); `503` when the store does not answer.
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+    let manifest = match state.store.current_manifest().await {
+        Ok(m) => m,
         Err(e) => {
             error!(error = %e, "health check: store unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unreachable"}))).into_response()
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unreachable"}))).into_response();
         }
+    };
+    let reasons = manifest.map(|m| stall_reasons(&m, state.config.batch.stall_after, Utc::now())).unwrap_or_default();
+    if reasons.is_empty() {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        Json(json!({"status": "degraded", "reasons": reasons})).into_response()
     }
 }
 
-async fn prometheus() -> Response {
+/// Why the batch view is stalled, as of `now` (DESIGN.md §5): a partition whose cutoff has not moved for
+/// `stall_after` while its log grew (the run that last moved it saw a smaller log end than the latest run
+/// does), with the run's notes on that partition; or no generation published for `stall_after`.
+pub fn stall_reasons(manifest: &Manifest, stall_after: std::time::Duration, now: chrono::DateTime<Utc>) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let stall = chrono::Duration::from_std(stall_after).unwrap_or(chrono::Duration::MAX);
+    if now - manifest.finished_at > stall {
+        reasons.push(format!(
+            "no batch generation published since {} (generation {}); is `lambda batch schedule` running?",
+            manifest.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            manifest.generation
+        ));
+    }
+    for (partition, progress) in &manifest.cutoff_progress {
+        let (Some(&end), Some(&cutoff)) = (manifest.log_ends.get(partition), manifest.cutoffs.get(partition)) else {
+            continue;
+        };
+        if now - progress.moved_at > stall && end > progress.log_end_then.max(cutoff) {
+            let mut reason = format!(
+                "partition {partition}: cutoff {cutoff} has not moved since {} while the log grew to {end}",
+                progress.moved_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            let prefix = format!("partition {partition}:");
+            for note in manifest.cutoff_notes.iter().filter(|n| n.starts_with(&prefix)) {
+                reason.push_str(&format!(" ({})", &note[prefix.len()..].trim()));
+            }
+            reasons.push(reason);
+        }
+    }
+    reasons
+}
+
+async fn prometheus(State(state): State<AppState>) -> Response {
+    // the batch view's lag as of the published manifest (the batch process sets it too, in its own registry)
+    if let Ok(Some(manifest)) = state.store.current_manifest().await {
+        for (&partition, &end) in &manifest.log_ends {
+            let cutoff = manifest.cutoffs.get(&partition).copied().unwrap_or(0);
+            metrics::gauge!(m::BATCH_CUTOFF_LAG, "partition" => partition.to_string())
+                .set((end - cutoff).max(0) as f64);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], common::telemetry::prometheus().render()).into_response()
 }
 
@@ -340,6 +408,9 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
                             format!("`{d}` is not a dimension of `{}` ({})", view.name, view.dimensions.join(", ")),
                         )
                     })?;
+                    if idx.contains(&i) {
+                        return Err(bad("group_by", format!("dimension `{d}` is named twice")));
+                    }
                     idx.push(i);
                 }
                 group_by = Some(idx);
@@ -400,18 +471,27 @@ async fn query_view(
                 {
                     // stale-while-revalidate: this request gets the stale answer, one task computes the next
                     let (cache, refreshing) = (cache.clone(), state.refreshing.clone());
+                    let max_bytes = state.config.serve.cache_bytes;
                     tokio::spawn(async move {
-                        if let Ok(fresh) = compute.await {
-                            cache.insert(key.clone(), fresh).await;
+                        match compute.await {
+                            Ok(fresh) if fresh.bytes() <= max_bytes => cache.insert(key.clone(), fresh).await,
+                            Ok(_) => cache.invalidate(&key).await,
+                            Err(_) => {}
                         }
                         refreshing.lock().expect("lock").remove(&key);
                     });
                 }
                 return cached.respond(&headers);
             }
-            // concurrent misses of one key share a single computation; errors are not cached
-            match cache.try_get_with(key, compute).await {
-                Ok(cached) => cached.respond(&headers),
+            // concurrent misses of one key share a single computation; errors are not cached, nor answers
+            // larger than the whole cache (moka would only evict them at its next housekeeping)
+            match cache.try_get_with(key.clone(), compute).await {
+                Ok(cached) => {
+                    if cached.bytes() > state.config.serve.cache_bytes {
+                        cache.invalidate(&key).await;
+                    }
+                    cached.respond(&headers)
+                }
                 Err(e) => e.respond(),
             }
         }
@@ -422,11 +502,35 @@ async fn query_view(
 async fn answer_view(state: &AppState, view_name: &str, params: &[(String, String)]) -> Result<Cached, ApiError> {
     let view = state.views.get(view_name).ok_or_else(|| {
         let known: Vec<&str> = state.views.views.iter().map(|v| v.name.as_str()).collect();
-        bad("view", format!("unknown view `{view_name}`; known views: {}", known.join(", ")))
+        ApiError::NotFound(format!("unknown view `{view_name}`; known views: {}", known.join(", ")))
     })?;
     let q = parse_query(view, params)?;
     let manifest = state.store.current_manifest().await?;
-    let rq = RowQuery { view: view.name.clone(), granularity: q.granularity, from: q.from, to: q.to };
+    let max_rows = state.config.serve.max_rows;
+    // one row past the limit tells that the range holds more, without reading all of it
+    let rq = RowQuery {
+        view: view.name.clone(),
+        granularity: q.granularity,
+        from: q.from,
+        to: q.to,
+        limit: Some(max_rows.saturating_add(1)),
+    };
+    let too_many = |read: usize| {
+        let bound = |t: Option<i64>| {
+            t.and_then(|t| DateTime::from_timestamp(t, 0))
+                .map_or_else(|| "unbounded".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        };
+        ApiError::BadParameter {
+            parameter: if q.from.is_some() || q.to.is_some() { "from" } else { "granularity" }.to_owned(),
+            message: format!(
+                "the range {} .. {} of `{}` at {} granularity holds more than {max_rows} rows (read {read}; the limit is serve.max_rows); narrow from/to or use a coarser granularity",
+                bound(q.from),
+                bound(q.to),
+                view.name,
+                q.granularity
+            ),
+        }
+    };
     let batch = match &manifest {
         Some(m) => {
             let key = (m.generation, rq.view.clone(), rq.granularity, rq.from, rq.to);
@@ -435,7 +539,13 @@ async fn answer_view(state: &AppState, view_name: &str, params: &[(String, Strin
         }
         None => Arc::new(Vec::new()),
     };
+    if batch.len() > max_rows {
+        return Err(too_many(batch.len()));
+    }
     let speed = state.store.speed_rows(&rq).await?;
+    if speed.len() > max_rows {
+        return Err(too_many(speed.len()));
+    }
     let view = view.clone();
     let cached = state.cache.is_some();
     // merging and serializing thousands of rows is CPU work: keep it off the async workers, so cached

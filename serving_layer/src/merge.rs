@@ -28,12 +28,13 @@ impl Source {
     }
 }
 
-/// One answer row: bucket start (Unix seconds), the grouped dimension values, summed metrics.
+/// One answer row: bucket start (Unix seconds), the grouped dimension values, summed metrics (counts, or
+/// sums in micro-units).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedRow {
     pub bucket_start: i64,
     pub dims: Vec<Option<String>>,
-    pub metrics: Vec<i64>,
+    pub metrics: Vec<i128>,
     pub source: Source,
 }
 
@@ -62,15 +63,15 @@ pub fn merge(manifest: Option<&Manifest>, batch: &[BatchRow], speed: &[SpeedRow]
     let empty = BTreeMap::new();
     let cutoffs = manifest.map_or(&empty, |m| &m.cutoffs);
     // (bucket, grouped dims) -> (metric sums, has batch, has speed)
-    type Cell = (Vec<i64>, bool, bool);
+    type Cell = (Vec<i128>, bool, bool);
     let mut cells: BTreeMap<(i64, Vec<Option<String>>), Cell> = BTreeMap::new();
-    let mut add = |bucket: i64, dims: &[Option<String>], metrics: &[i64], from_batch: bool| {
+    let mut add = |bucket: i64, dims: &[Option<String>], metrics: &[i128], from_batch: bool| {
         if !shape.keep(dims) {
             return;
         }
         let cell = cells.entry((bucket, shape.project(dims))).or_insert_with(|| (vec![0; metrics.len()], false, false));
         for (acc, v) in cell.0.iter_mut().zip(metrics) {
-            *acc += v;
+            *acc = acc.saturating_add(*v);
         }
         if from_batch {
             cell.1 = true;
@@ -124,7 +125,7 @@ pub fn top(rows: Vec<MergedRow>, order: Order, top: usize) -> Vec<MergedRow> {
             Some(t) => {
                 t.bucket_start = t.bucket_start.min(r.bucket_start);
                 for (acc, v) in t.metrics.iter_mut().zip(&r.metrics) {
-                    *acc += v;
+                    *acc = acc.saturating_add(*v);
                 }
                 if t.source != r.source {
                     t.source = Source::Both;
@@ -162,7 +163,7 @@ mod tests {
         }
     }
 
-    fn speed(bucket: i64, dim: &str, partition: i32, segment_start: i64, count: i64) -> SpeedRow {
+    fn speed(bucket: i64, dim: &str, partition: i32, segment_start: i64, count: i128) -> SpeedRow {
         SpeedRow {
             key: key(bucket, dim),
             partition,
@@ -176,11 +177,15 @@ mod tests {
         Manifest {
             generation: 1,
             cutoffs: cutoffs.iter().copied().collect(),
+            archive_starts: Default::default(),
             rows: Default::default(),
             records_scanned: 0,
             repeated_records_removed: 0,
             duplicates_removed: 0,
+            records_without_dedup_key: 0,
             cutoff_notes: vec![],
+            log_ends: Default::default(),
+            cutoff_progress: Default::default(),
             started_at: chrono::Utc::now(),
             finished_at: chrono::Utc::now(),
         }
@@ -226,7 +231,7 @@ mod tests {
 
     #[test]
     fn top_totals_groups_over_buckets_and_ranks_them() {
-        let row = |bucket: i64, dim: &str, revenue: i64, source: Source| MergedRow {
+        let row = |bucket: i64, dim: &str, revenue: i128, source: Source| MergedRow {
             bucket_start: bucket,
             dims: vec![Some(dim.into())],
             metrics: vec![1, revenue],
@@ -241,7 +246,7 @@ mod tests {
         ];
         // totals: a 35 (batch + speed), b 30, d 30, c 5
         let got = top(rows.clone(), Order { metric: 1, descending: true }, 3);
-        let ranked: Vec<(&str, i64, i64, Source)> =
+        let ranked: Vec<(&str, i128, i128, Source)> =
             got.iter().map(|r| (r.dims[0].as_deref().unwrap(), r.metrics[0], r.metrics[1], r.source)).collect();
         assert_eq!(
             ranked,

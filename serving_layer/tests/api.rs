@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use common::store::{BatchRow, Manifest, SpeedRow, ViewKey, ViewStore};
+use common::store::{BatchRow, Lease, Manifest, SpeedRow, ViewKey, ViewStore};
 use common::view::Granularity;
 use common::Config;
 use serde_json::Value;
@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 struct Api {
     base: String,
     store: Arc<dyn ViewStore>,
+    /// The batch lease, for the fenced writes the tests make as a batch run would.
+    lease: Lease,
     _dir: tempfile::TempDir,
     stop: CancellationToken,
 }
@@ -29,7 +31,8 @@ async fn start(overrides: &str) -> Api {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
     tokio::spawn(serving_layer::serve(listener, config, store.clone(), stop.clone()));
-    Api { base, store, _dir: dir, stop }
+    let lease = store.acquire_lease("batch", "api-test", std::time::Duration::from_secs(600)).await.unwrap().unwrap();
+    Api { base, store, lease, _dir: dir, stop }
 }
 
 async fn get(api: &Api, path: &str) -> (u16, Value) {
@@ -53,11 +56,15 @@ fn manifest(generation: i64, cutoffs: &[(i32, i64)]) -> Manifest {
     Manifest {
         generation,
         cutoffs: cutoffs.iter().copied().collect(),
+        archive_starts: BTreeMap::new(),
         rows: BTreeMap::new(),
         records_scanned: 0,
         repeated_records_removed: 0,
         duplicates_removed: 0,
+        records_without_dedup_key: 0,
         cutoff_notes: vec![],
+        log_ends: BTreeMap::new(),
+        cutoff_progress: BTreeMap::new(),
         started_at: Utc::now(),
         finished_at: Utc::now(),
     }
@@ -70,7 +77,6 @@ const DAY: i64 = 86_400;
 async fn every_bad_parameter_gets_a_400_naming_it() {
     let api = start("").await;
     let cases = [
-        ("/v1/views/no_such_view?granularity=day", "view"),
         ("/v1/views/by_type", "granularity"),
         ("/v1/views/by_type?granularity=week", "granularity"),
         ("/v1/views/by_type?granularity=day&from=yesterday", "from"),
@@ -115,6 +121,7 @@ async fn answers_merge_batch_and_speed_with_exact_decimals() {
     let manifest = manifest(7, &[(0, 100)]);
     api.store
         .write_batch_rows(
+            &api.lease,
             7,
             &[
                 BatchRow {
@@ -128,10 +135,14 @@ async fn answers_merge_batch_and_speed_with_exact_decimals() {
         .unwrap();
     // an older generation that must be ignored
     api.store
-        .write_batch_rows(6, &[BatchRow { key: key("by_brand", g, NOV1, &[Some("cart"), None]), metrics: vec![99, 1] }])
+        .write_batch_rows(
+            &api.lease,
+            6,
+            &[BatchRow { key: key("by_brand", g, NOV1, &[Some("cart"), None]), metrics: vec![99, 1] }],
+        )
         .await
         .unwrap();
-    let speed = |bucket, dims: &[Option<&str>], partition, segment_start, metrics: Vec<i64>| SpeedRow {
+    let speed = |bucket, dims: &[Option<&str>], partition, segment_start, metrics: Vec<i128>| SpeedRow {
         key: key("by_brand", g, bucket, dims),
         partition,
         segment_start,
@@ -139,11 +150,14 @@ async fn answers_merge_batch_and_speed_with_exact_decimals() {
         metrics,
     };
     api.store
-        .upsert_speed_rows(&[
-            speed(NOV1, &[Some("view"), Some("apple")], 0, 50, vec![5, 5_000_000]), // absorbed by the batch (50 < 100)
-            speed(NOV1, &[Some("view"), Some("apple")], 0, 100, vec![1, 10_000]),   // at the cutoff: counts
-            speed(NOV1 + DAY, &[Some("purchase"), Some("xiaomi")], 1, 0, vec![1, 199_990_000]), // partition 1 unseen
-        ])
+        .upsert_speed_rows(
+            "events",
+            &[
+                speed(NOV1, &[Some("view"), Some("apple")], 0, 50, vec![5, 5_000_000]), // absorbed by the batch (50 < 100)
+                speed(NOV1, &[Some("view"), Some("apple")], 0, 100, vec![1, 10_000]),   // at the cutoff: counts
+                speed(NOV1 + DAY, &[Some("purchase"), Some("xiaomi")], 1, 0, vec![1, 199_990_000]), // partition 1 unseen
+            ],
+        )
         .await
         .unwrap();
 
@@ -153,7 +167,7 @@ async fn answers_merge_batch_and_speed_with_exact_decimals() {
     assert!(before["manifest"].is_null());
     assert_eq!(before["rows"].as_array().unwrap().len(), 2, "without a manifest only speed rows count: {before}");
 
-    api.store.publish_manifest(&manifest).await.unwrap();
+    api.store.publish_manifest(&api.lease, &manifest).await.unwrap();
     let (status, body) =
         get(&api, "/v1/views/by_brand?granularity=day&from=2019-11-01T00:00:00Z&to=2019-12-01T00:00:00Z").await;
     assert_eq!(status, 200, "{body}");
@@ -229,7 +243,7 @@ async fn bearer_tokens_guard_the_v1_routes() {
 #[tokio::test]
 async fn answers_are_cached_for_the_ttl() {
     let api = start("[serve]\ncache_ttl = \"700ms\"\n").await;
-    let row = |count: i64, upto: i64| SpeedRow {
+    let row = |count: i128, upto: i64| SpeedRow {
         key: key("by_type", Granularity::Day, NOV1, &[Some("view")]),
         partition: 0,
         segment_start: 0,
@@ -237,11 +251,11 @@ async fn answers_are_cached_for_the_ttl() {
         metrics: vec![count, 0],
     };
     let path = "/v1/views/by_type?granularity=day";
-    let count = |body: &Value| body["rows"][0]["metrics"]["count"].as_i64();
-    api.store.upsert_speed_rows(&[row(1, 1)]).await.unwrap();
+    let count = |body: &Value| body["rows"][0]["metrics"]["count"].as_i64().map(i128::from);
+    api.store.upsert_speed_rows("events", &[row(1, 1)]).await.unwrap();
     let (_, first) = get(&api, path).await;
     assert_eq!(count(&first), Some(1));
-    api.store.upsert_speed_rows(&[row(5, 5)]).await.unwrap();
+    api.store.upsert_speed_rows("events", &[row(5, 5)]).await.unwrap();
     let (_, cached) = get(&api, path).await;
     assert_eq!(count(&cached), Some(1), "within the TTL the cached answer is served");
     let (_, other) = get(&api, "/v1/views/by_type?granularity=day&group_by=event_type").await;
@@ -279,10 +293,10 @@ async fn large_cached_answers_are_served_gzip_to_clients_that_accept_it() {
             partition: 0,
             segment_start: 0,
             upto_offset: 1,
-            metrics: vec![i, i * 10_000],
+            metrics: vec![i128::from(i), i128::from(i) * 10_000],
         })
         .collect();
-    api.store.upsert_speed_rows(&rows).await.unwrap();
+    api.store.upsert_speed_rows("events", &rows).await.unwrap();
     let client = reqwest::Client::new();
     let fetch = |path: &'static str, accept: Option<&'static str>| {
         let mut request = client.get(format!("{}{path}", api.base));
@@ -328,11 +342,11 @@ async fn each_published_generation_is_answered_from_its_own_rows() {
     let api = start("").await;
     let g = Granularity::Day;
     let path = "/v1/views/by_type?granularity=day";
-    let count = |body: &Value| body["rows"][0]["metrics"]["count"].as_i64();
+    let count = |body: &Value| body["rows"][0]["metrics"]["count"].as_i64().map(i128::from);
     for (generation, n) in [(1, 3), (2, 8), (3, 21)] {
         let row = BatchRow { key: key("by_type", g, NOV1, &[Some("view")]), metrics: vec![n, 0] };
-        api.store.write_batch_rows(generation, &[row]).await.unwrap();
-        api.store.publish_manifest(&manifest(generation, &[(0, 10 * generation)])).await.unwrap();
+        api.store.write_batch_rows(&api.lease, generation, &[row]).await.unwrap();
+        api.store.publish_manifest(&api.lease, &manifest(generation, &[(0, 10 * generation)])).await.unwrap();
         for _ in 0..2 {
             let (status, body) = get(&api, path).await;
             assert_eq!(status, 200, "{body}");
@@ -340,5 +354,80 @@ async fn each_published_generation_is_answered_from_its_own_rows() {
             assert_eq!(count(&body), Some(n), "generation {generation}: {body}");
         }
     }
+    api.stop.cancel();
+}
+
+/// Issue 9, item 8: a dimension named twice in `group_by` would give answers with a repeated JSON key.
+#[tokio::test]
+async fn a_repeated_group_by_dimension_is_a_400() {
+    let api = start("").await;
+    let (status, body) = get(&api, "/v1/views/by_brand?granularity=day&group_by=event_type,brand,event_type").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["parameter"], "group_by", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("event_type"), "{body}");
+    api.stop.cancel();
+}
+
+/// Issue 9, item 8: a view that does not exist is a missing resource (404), not a bad parameter.
+#[tokio::test]
+async fn an_unknown_view_is_a_404() {
+    let api = start("").await;
+    let (status, body) = get(&api, "/v1/views/no_such_view?granularity=day").await;
+    assert_eq!(status, 404, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no_such_view") && message.contains("by_type"), "{body}");
+    api.stop.cancel();
+}
+
+/// Issue 9, item 8: a query reading more than `serve.max_rows` rows is refused with a 400 naming the range and
+/// the limit (before the store builds the answer), while a narrower range is answered.
+#[tokio::test]
+async fn answers_past_max_rows_are_refused() {
+    let api = start("[serve]\nmax_rows = 50\n").await;
+    let rows: Vec<SpeedRow> = (0..60)
+        .map(|i| SpeedRow {
+            key: key("by_type", Granularity::Minute, NOV1 + 60 * i, &[Some("view")]),
+            partition: 0,
+            segment_start: 0,
+            upto_offset: 100,
+            metrics: vec![1, 0],
+        })
+        .collect();
+    api.store.upsert_speed_rows("events", &rows).await.unwrap();
+    let (status, body) = get(&api, "/v1/views/by_type?granularity=minute").await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("50") && message.contains("serve.max_rows"), "{body}");
+    let (status, body) =
+        get(&api, "/v1/views/by_type?granularity=minute&from=2019-11-01T00:00:00Z&to=2019-11-01T00:30:00Z").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"].as_array().unwrap().len(), 30);
+    api.stop.cancel();
+}
+
+/// Issue 9, item 8: the answer cache is bounded in bytes (`serve.cache_bytes`): an answer larger than the
+/// whole cache is never kept, so a store change shows at once even within the TTL.
+#[tokio::test]
+async fn the_answer_cache_is_bounded_in_bytes() {
+    let api = start("[serve]\ncache_ttl = \"10s\"\ncache_bytes = 1024\n").await;
+    let rows = |count: i128, upto: i64| -> Vec<SpeedRow> {
+        (0..100)
+            .map(|i| SpeedRow {
+                key: key("by_type", Granularity::Minute, NOV1 + 60 * i, &[Some("view")]),
+                partition: 0,
+                segment_start: 0,
+                upto_offset: upto,
+                metrics: vec![count, 0],
+            })
+            .collect()
+    };
+    let path = "/v1/views/by_type?granularity=minute";
+    api.store.upsert_speed_rows("events", &rows(1, 1)).await.unwrap();
+    let (_, first) = get(&api, path).await;
+    assert_eq!(first["rows"][0]["metrics"]["count"], 1);
+    assert!(first.to_string().len() > 4096, "the answer is larger than the cache");
+    api.store.upsert_speed_rows("events", &rows(2, 2)).await.unwrap();
+    let (_, second) = get(&api, path).await;
+    assert_eq!(second["rows"][0]["metrics"]["count"], 2, "too large to be cached: computed afresh");
     api.stop.cancel();
 }

@@ -1,8 +1,16 @@
 //! The speed layer's consumer loop.
 //!
-//! Offsets are committed only after the segment's rows and its seal are durable in the view store, so the
-//! committed offset is always the start of the open segment; on (re)assignment the open segment is replayed
-//! from there, and a recorded seal for that start fixes its end (DESIGN.md §4).
+//! Offsets are committed only after the segment's seal, its final rows and its dead letters are durable, so
+//! the committed offset is always the start of the open segment; on (re)assignment the open segment is
+//! replayed from there, and a recorded seal for that start fixes its end (DESIGN.md §4).
+//!
+//! Sealing `[start, end)`: record the seal (first writer wins); if it is ours, write every cell of the
+//! segment as final rows at `upto_offset = end` in one store transaction that also deletes rows of the
+//! segment written past `end` (by an earlier run with larger limits, or a zombie before the seal existed),
+//! then the dead letters of exactly that range, then commit `end`. Once a seal is recorded the store drops
+//! any write of the segment past its end, so a zombie cannot change the sealed rows afterwards. A longer
+//! recorded seal extends the segment; a shorter one (another member sealed it) rewinds the partition to
+//! the segment start and replays up to the recorded end, deleting nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +26,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics as m;
 use crate::segment::{Applied, Limits, Segment};
@@ -73,7 +81,6 @@ struct PartitionState {
     epoch: u64,
     segment: Segment,
     last_record_at: Instant,
-    last_watermark_check: Option<Instant>,
 }
 
 enum Sealed {
@@ -127,6 +134,10 @@ impl SpeedLayer {
         if offset < state.segment.position {
             return Ok(()); // already applied (redelivery after a seek)
         }
+        if offset > state.segment.position {
+            // offsets without records (transaction markers, compaction), or deleted by retention
+            self.report_lost(state.segment.partition, state.segment.position, offset).await;
+        }
         while state.segment.must_seal_before(offset, timestamp_ms, self.limits) {
             let end = state.segment.seal_end_before(offset);
             if let Sealed::Rewound = self.seal(state, end).await? {
@@ -137,6 +148,9 @@ impl SpeedLayer {
         metrics::counter!(m::RECORDS).increment(1);
         match state.segment.apply(self.topic(), offset, timestamp_ms, payload, &self.decoder, &self.views) {
             Applied::Counted => {}
+            Applied::CountedWithoutKey => {
+                metrics::counter!(m::RECORDS_WITHOUT_KEY, "consumer" => "speed").increment(1);
+            }
             Applied::Duplicate => metrics::counter!(m::DUPLICATES).increment(1),
             Applied::DeadLetter(reason) => {
                 metrics::counter!(m::DEAD_LETTERS, "consumer" => "speed").increment(1);
@@ -151,16 +165,73 @@ impl SpeedLayer {
     }
 
     /// Opens the segment at the committed offset (or at the first record of a new group).
+    ///
+    /// A committed offset below the published cutoff (a lost commit, a reset group) resumes at the cutoff
+    /// instead: those records are in the batch view, and their seals may have been pruned.
     async fn open_partition(&self, partition: i32, epoch: u64, first_offset: i64) -> Result<PartitionState> {
-        let start = self.committed_offset(partition).await?.unwrap_or(first_offset);
+        let committed = self.committed_offset(partition).await?;
+        let mut start = committed.unwrap_or(first_offset);
+        let cutoff = self.store.current_manifest().await?.and_then(|m| m.cutoffs.get(&partition).copied());
+        if let Some(cutoff) = cutoff.filter(|&c| start < c) {
+            info!(
+                partition,
+                committed = start,
+                cutoff,
+                "the committed offset is below the published cutoff; resuming at the cutoff"
+            );
+            self.seek(partition, cutoff).await?;
+            start = cutoff;
+        }
         let sealed_end = self.store.seal_at(self.topic(), partition, start).await?.map(|s| s.end);
         info!(partition, start, ?sealed_end, "replaying open segment from the committed offset");
         Ok(PartitionState {
             epoch,
             segment: Segment::open(partition, start, sealed_end),
             last_record_at: Instant::now(),
-            last_watermark_check: None,
         })
+    }
+
+    /// The record after `expected` came at `got`: the low watermark tells whether the offsets in between
+    /// held no records (transaction markers, aborted or compacted records) or were deleted by retention
+    /// before the speed layer read them (librdkafka resets an out-of-range position to the log start and
+    /// only logs it): those are reported. One watermark request, paid only at such jumps.
+    async fn report_lost(&self, partition: i32, expected: i64, got: i64) {
+        let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
+        let watermarks =
+            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)))
+                .await
+                .expect("fetch_watermarks task does not panic");
+        match watermarks {
+            Ok((low, _)) if low > expected => {
+                let lost = low.min(got) - expected;
+                error!(
+                    partition,
+                    from = expected,
+                    to = low.min(got),
+                    "records were deleted by retention before the speed layer read them; they are missing from the speed view"
+                );
+                metrics::counter!(m::RECORDS_LOST, "consumer" => "speed").increment(lost.max(0) as u64);
+            }
+            Ok(_) => debug!(
+                partition,
+                from = expected,
+                to = got,
+                "offsets without records (transaction markers or compaction)"
+            ),
+            Err(e) => {
+                warn!(partition, error = %e, "cannot read the low watermark to check for records lost to retention")
+            }
+        }
+    }
+
+    async fn seek(&self, partition: i32, offset: i64) -> Result<()> {
+        let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
+        tokio::task::spawn_blocking(move || {
+            consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10))
+        })
+        .await
+        .expect("seek task does not panic")
+        .map_err(Error::kafka("seek"))
     }
 
     async fn committed_offset(&self, partition: i32) -> Result<Option<i64>> {
@@ -180,21 +251,25 @@ impl SpeedLayer {
         })
     }
 
-    /// Seals `[start, end)`: flush every dirty row at `upto_offset = end`, write the segment's dead letters,
-    /// record the seal (first writer wins), then commit `end`.
+    /// Seals `[start, end)`: record the seal (first writer wins); if it is ours, write the segment's final
+    /// rows (every cell at `upto_offset = end`, deleting rows written past `end`), its dead letters, then
+    /// commit `end` (module docs).
     async fn seal(&self, state: &mut PartitionState, end: i64) -> Result<Sealed> {
         let seg = &mut state.segment;
         let (partition, start) = (seg.partition, seg.start);
-        let rows = seg.take_dirty_rows(&self.views, end);
-        self.retry(|| self.write_rows(&rows)).await?;
-        if !seg.dead_letters().is_empty() {
-            let root = &self.config.archive.root;
-            let letters = seg.dead_letters();
-            self.retry(|| async { dead_letter::write(root, "speed", start, end, letters).map(|_| ()) }).await?;
-        }
         let topic = self.topic();
         let recorded = self.retry(|| self.store.record_seal(topic, Seal { partition, start, end })).await?;
         if recorded.end == end {
+            let rows = seg.all_rows(&self.views, end);
+            let started = Instant::now();
+            self.retry(|| self.store.finalize_segment(topic, recorded, &rows)).await?;
+            metrics::histogram!(m::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::counter!(m::ROWS_WRITTEN).increment(rows.len() as u64);
+            if !seg.dead_letters().is_empty() {
+                let root = &self.config.archive.root;
+                let letters = seg.dead_letters();
+                self.retry(|| async { dead_letter::write(root, "speed", start, end, letters).map(|_| ()) }).await?;
+            }
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, partition, Offset::Offset(end)).map_err(Error::kafka("commit"))?;
             if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
@@ -209,24 +284,16 @@ impl SpeedLayer {
         metrics::counter!(m::SEAL_CONFLICTS).increment(1);
         if recorded.end > end {
             info!(partition, start, end, recorded = recorded.end, "a longer seal is recorded; extending the segment");
-            // the dead letters of [start, end) are rewritten under the recorded range when it seals
-            let stale = dead_letter::partition_dir(&self.config.archive.root, "speed", topic, partition)
-                .join(format!("{start:020}-{end:020}.jsonl"));
-            let _ = std::fs::remove_file(stale);
             seg.sealed_end = Some(recorded.end);
             return Ok(Sealed::Extended);
         }
+        // Another member sealed [start, recorded.end) and wrote its final rows; this member's writes past
+        // that end were dropped by the store, so there is nothing to delete: replay up to the recorded end.
         warn!(partition, start, end, recorded = recorded.end, "a shorter seal is recorded; rewinding the segment");
-        self.retry(|| self.store.delete_speed_rows_after(partition, start, recorded.end)).await?;
-        let consumer = self.consumer.clone();
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            consumer.seek(&topic, partition, Offset::Offset(start), Duration::from_secs(10))
-        })
-        .await
-        .expect("seek task does not panic")
-        .map_err(Error::kafka("seek"))?;
         state.segment = Segment::open(partition, start, Some(recorded.end));
+        if self.consumer.context().epoch(partition) == Some(state.epoch) {
+            self.seek(partition, start).await?;
+        }
         Ok(Sealed::Rewound)
     }
 
@@ -245,6 +312,12 @@ impl SpeedLayer {
         Ok(())
     }
 
+    /// Flushes the partition's dirty rows; seals an idle segment.
+    ///
+    /// Idle: no record for `speed.segment_max_idle`. The segment seals at its position even when the high
+    /// watermark is past it: offsets there that never arrive hold no records for this consumer (transaction
+    /// markers, aborted or compacted records), and if records do arrive later they simply open the next
+    /// segment. Waiting for `high == position` would never seal before a trailing transaction marker.
     async fn tick_partition(&self, state: &mut PartitionState) -> Result<()> {
         let seg = &mut state.segment;
         if seg.has_dirty() {
@@ -256,24 +329,11 @@ impl SpeedLayer {
         }
         let idle = seg.sealed_end.is_none()
             && seg.records > 0
-            && state.last_record_at.elapsed() >= self.config.speed.segment_max_idle
-            && state.last_watermark_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            && state.last_record_at.elapsed() >= self.config.speed.segment_max_idle;
         if idle {
-            state.last_watermark_check = Some(Instant::now());
-            let (consumer, topic, partition) = (self.consumer.clone(), self.topic().to_owned(), seg.partition);
-            let watermarks = tokio::task::spawn_blocking(move || {
-                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5))
-            })
-            .await
-            .expect("fetch_watermarks task does not panic");
-            match watermarks {
-                Ok((_, high)) if high == seg.position => {
-                    let end = seg.position;
-                    self.seal(state, end).await?;
-                }
-                Ok(_) => {}
-                Err(e) => warn!(partition, error = %e, "cannot read the high watermark; idle seal postponed"),
-            }
+            let end = seg.position;
+            debug!(partition = seg.partition, end, "idle: sealing at the position");
+            self.seal(state, end).await?;
         }
         Ok(())
     }
@@ -284,7 +344,7 @@ impl SpeedLayer {
                 continue; // revoked: write nothing more
             }
             let rows = state.segment.take_dirty_rows(&self.views, state.segment.position);
-            if let Err(e) = self.store.upsert_speed_rows(&rows).await {
+            if let Err(e) = self.store.upsert_speed_rows(&self.config.kafka.topic, &rows).await {
                 warn!(error = %e, "final flush failed; the open segment will be replayed on restart");
             }
         }
@@ -295,7 +355,7 @@ impl SpeedLayer {
             return Ok(());
         }
         let started = Instant::now();
-        self.store.upsert_speed_rows(rows).await?;
+        self.store.upsert_speed_rows(self.topic(), rows).await?;
         metrics::histogram!(m::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::ROWS_WRITTEN).increment(rows.len() as u64);
         Ok(())

@@ -10,6 +10,8 @@ pub const SEGMENTS_SEALED: &str = "speed_segments_sealed_total";
 pub const SEAL_CONFLICTS: &str = "speed_seal_conflicts_total";
 pub const FLUSH_SECONDS: &str = "speed_flush_seconds";
 pub const STORE_RETRIES: &str = "speed_store_retries_total";
+pub const RECORDS_WITHOUT_KEY: &str = "records_without_dedup_key_total";
+pub const RECORDS_LOST: &str = "records_lost_to_retention_total";
 
 /// Registers the descriptions (idempotent).
 pub fn describe() {
@@ -21,4 +23,9 @@ pub fn describe() {
     describe_counter!(SEAL_CONFLICTS, "Seals that found a different end already recorded");
     describe_histogram!(FLUSH_SECONDS, "Time to write one flush of speed rows");
     describe_counter!(STORE_RETRIES, "View store writes retried after a retryable error");
+    describe_counter!(
+        RECORDS_WITHOUT_KEY,
+        "Records whose named dedup key was missing, null or empty, each counted as its own event, by consumer"
+    );
+    describe_counter!(RECORDS_LOST, "Offsets deleted by retention before the consumer read them, by consumer");
 }

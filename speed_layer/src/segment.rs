@@ -105,6 +105,8 @@ pub struct Limits {
 pub enum Applied {
     /// Decoded and aggregated.
     Counted,
+    /// Decoded and aggregated as its own event: its named dedup key is missing, null or empty.
+    CountedWithoutKey,
     /// Its dedup key was already seen in this segment.
     Duplicate,
     /// Failed to decode; kept as a dead letter.
@@ -132,7 +134,7 @@ pub struct Segment {
     tuples: Vec<Interner<[ValueId]>>,
     index: HashMap<CellKey, u32>,
     cells: Vec<Cell>,
-    metrics: Vec<i64>,
+    metrics: Vec<i128>,
     dirty: Vec<u32>,
     dead_letters: Vec<DeadLetter>,
     /// Scratch: value id per schema field of the current record (`UNSET` until needed).
@@ -223,9 +225,11 @@ impl Segment {
                 return Applied::DeadLetter(e.0);
             }
         };
-        if !self.seen.insert(event.dedup_key) {
-            return Applied::Duplicate;
-        }
+        let applied = match event.dedup_key {
+            Some(key) if !self.seen.insert(key) => return Applied::Duplicate,
+            Some(_) => Applied::Counted,
+            None => Applied::CountedWithoutKey, // its own event: never merged with another record
+        };
         if self.tuples.len() < views.views.len() {
             self.tuples.resize_with(views.views.len(), Interner::default);
         }
@@ -250,12 +254,13 @@ impl Segment {
                 let cell = self.cell(key, view.metrics.len());
                 let at = self.cells[cell].at;
                 for (value, metric) in self.metrics[at..at + view.metrics.len()].iter_mut().zip(&view.metrics) {
-                    *value += metric.contribution(&event.values);
+                    // saturates rather than wraps; with values of at most 1e21 micro-units it never does
+                    *value = value.saturating_add(metric.contribution(&event.values));
                 }
                 self.mark_dirty(cell);
             }
         }
-        Applied::Counted
+        applied
     }
 
     /// Index of the cell for `key`, created with `width` zero metrics if new.
@@ -279,26 +284,39 @@ impl Segment {
     /// The changed cells since the last call, as speed rows carrying `upto_offset` (the whole value of each
     /// cell over this segment's records below it); clears the dirty set.
     pub fn take_dirty_rows(&mut self, views: &ViewSet, upto_offset: i64) -> Vec<SpeedRow> {
-        let mut rows = Vec::with_capacity(self.dirty.len());
-        for cell in std::mem::take(&mut self.dirty) {
-            let cell = &mut self.cells[cell as usize];
-            cell.dirty = false;
-            let view = &views.views[cell.key.view as usize];
-            let tuple = &self.tuples[cell.key.view as usize].items[cell.key.tuple as usize];
-            rows.push(SpeedRow {
-                key: ViewKey {
-                    view: view.name.clone(),
-                    granularity: cell.key.granularity,
-                    bucket_start: cell.key.bucket,
-                    dims: tuple.iter().map(|&id| self.values.text(id)).collect(),
-                },
-                partition: self.partition,
-                segment_start: self.start,
-                upto_offset,
-                metrics: self.metrics[cell.at..cell.at + view.metrics.len()].to_vec(),
-            });
+        let dirty = std::mem::take(&mut self.dirty);
+        let rows = dirty.iter().map(|&cell| self.row(views, cell as usize, upto_offset)).collect();
+        for cell in dirty {
+            self.cells[cell as usize].dirty = false;
         }
         rows
+    }
+
+    /// Every cell of the segment as a speed row at `upto_offset` (what sealing writes: the final rows of the
+    /// segment, replacing whatever earlier flushes or earlier runs left); clears the dirty set.
+    pub fn all_rows(&mut self, views: &ViewSet, upto_offset: i64) -> Vec<SpeedRow> {
+        for &cell in &std::mem::take(&mut self.dirty) {
+            self.cells[cell as usize].dirty = false;
+        }
+        (0..self.cells.len()).map(|cell| self.row(views, cell, upto_offset)).collect()
+    }
+
+    fn row(&self, views: &ViewSet, cell: usize, upto_offset: i64) -> SpeedRow {
+        let cell = &self.cells[cell];
+        let view = &views.views[cell.key.view as usize];
+        let tuple = &self.tuples[cell.key.view as usize].items[cell.key.tuple as usize];
+        SpeedRow {
+            key: ViewKey {
+                view: view.name.clone(),
+                granularity: cell.key.granularity,
+                bucket_start: cell.key.bucket,
+                dims: tuple.iter().map(|&id| self.values.text(id)).collect(),
+            },
+            partition: self.partition,
+            segment_start: self.start,
+            upto_offset,
+            metrics: self.metrics[cell.at..cell.at + view.metrics.len()].to_vec(),
+        }
     }
 
     /// Puts rows back into the dirty set after a failed write, so the next flush retries them.
@@ -413,8 +431,8 @@ mod tests {
             (state >> 33) % n
         };
         let mut s = Segment::open(0, 0, None);
-        let mut stored: BTreeMap<ViewKey, Vec<i64>> = BTreeMap::new();
-        let mut truth: BTreeMap<ViewKey, Vec<i64>> = BTreeMap::new();
+        let mut stored: BTreeMap<ViewKey, Vec<i128>> = BTreeMap::new();
+        let mut truth: BTreeMap<ViewKey, Vec<i128>> = BTreeMap::new();
         let mut sent: Vec<(usize, usize, i64, u64)> = Vec::new();
         for offset in 0..5_000i64 {
             let record = if offset > 0 && next(10) == 0 {
@@ -457,7 +475,7 @@ mod tests {
                         };
                         let cell = truth.entry(key).or_insert_with(|| vec![0, 0]);
                         cell[0] += 1;
-                        cell[1] += cents as i64 * 10_000;
+                        cell[1] += i128::from(cents) * 10_000;
                     }
                 }
             }
@@ -481,5 +499,10 @@ mod tests {
         }
         assert!(truth.len() > 100, "the data spreads over many cells");
         assert_eq!(stored, truth);
+        // sealing writes every cell, whatever was flushed before
+        let all: BTreeMap<ViewKey, Vec<i128>> =
+            s.all_rows(&views, s.position).into_iter().map(|r| (r.key, r.metrics)).collect();
+        assert_eq!(all, truth);
+        assert!(!s.has_dirty());
     }
 }

@@ -3,6 +3,7 @@
 //! can abort at any await point (no flush, no seal, no commit on the way down) and start again.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod truth;
 
 use std::collections::{BTreeMap, HashMap};
@@ -101,6 +102,34 @@ impl Harness {
         self.speed = Some(self.spawn_speed());
     }
 
+    /// [`Harness::start_speed`] with `config` instead of the harness's.
+    pub fn start_speed_with(&mut self, config: Config) {
+        assert!(self.speed.is_none());
+        self.speed = Some(self.spawn_speed_with(config));
+    }
+
+    /// This harness's config (brokers, store, archive) with the TOML `overrides` applied on top.
+    pub fn config_with(&self, overrides: &str) -> Config {
+        let mut config =
+            Config::from_toml_str(&merge_toml(&toml::to_string(&self.config).unwrap(), overrides)).unwrap();
+        config.archive.root = self.config.archive.root.clone();
+        config
+    }
+
+    /// Writes this harness's config with `overrides` to a file for `lambda --config`, and returns its path.
+    pub fn config_file(&self, name: &str, overrides: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, toml::to_string(&self.config_with(overrides)).unwrap()).unwrap();
+        path
+    }
+
+    /// Sends raw payloads without keys, in order.
+    pub async fn produce_payloads(&self, payloads: &[String]) {
+        let messages: Vec<Outgoing> =
+            payloads.iter().map(|p| Outgoing { key: None, payload: p.as_bytes().to_vec() }).collect();
+        self.produce(&messages, None).await;
+    }
+
     pub fn start_archiver(&mut self) {
         assert!(self.archiver.is_none());
         self.archiver = Some(self.spawn_archiver());
@@ -108,7 +137,12 @@ impl Harness {
 
     /// Another speed-layer member of the same consumer group; abort the handle to crash it.
     pub fn spawn_speed(&self) -> JoinHandle<()> {
-        let (config, store, stop) = (self.config.clone(), self.store.clone(), self.stop_all.clone());
+        self.spawn_speed_with(self.config.clone())
+    }
+
+    /// A speed-layer member running with `config` (e.g. [`Harness::config_with`] for other segment limits).
+    pub fn spawn_speed_with(&self, config: Config) -> JoinHandle<()> {
+        let (store, stop) = (self.store.clone(), self.stop_all.clone());
         tokio::spawn(async move {
             if let Err(e) = speed_layer::run(config, store, stop).await {
                 panic!("speed layer failed: {e}");
@@ -144,12 +178,7 @@ impl Harness {
 
     /// Every speed row of `by_type` by day (one per segment and cell).
     pub async fn all_speed_rows(&self) -> Vec<common::store::SpeedRow> {
-        let q = common::store::RowQuery {
-            view: "by_type".into(),
-            granularity: common::view::Granularity::Day,
-            from: None,
-            to: None,
-        };
+        let q = common::store::RowQuery::all("by_type", common::view::Granularity::Day);
         self.store.speed_rows(&q).await.unwrap()
     }
 
@@ -212,6 +241,24 @@ impl Harness {
         .unwrap()
     }
 
+    /// Waits until every partition is sealed up to its log end (the speed layer alone).
+    pub async fn wait_sealed(&self, timeout: Duration) {
+        let ends = self.log_end().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut sealed: HashMap<i32, i64> = HashMap::new();
+            for s in self.store.seals("events").await.unwrap() {
+                let e = sealed.entry(s.partition).or_default();
+                *e = (*e).max(s.end);
+            }
+            if ends.iter().all(|(p, end)| *end == 0 || sealed.get(p) == Some(end)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not sealed within {timeout:?}: log end {ends:?}, sealed {sealed:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until every partition is sealed up to its log end and archived up to it.
     pub async fn wait_sealed_and_archived(&self, timeout: Duration) {
         let ends = self.log_end().await;
@@ -254,38 +301,7 @@ impl Harness {
 
     /// Every view x granularity over November 2019, as the API answers it, plus the `source` of each row.
     pub async fn answers(&self) -> (Expected, BTreeMap<String, usize>, Option<i64>) {
-        let mut out = Expected::new();
-        let mut sources = BTreeMap::new();
-        let mut generation = None;
-        for (view, dims) in VIEWS {
-            for (g, _) in GRANULARITIES {
-                let (status, body) = self
-                    .get(&format!("/v1/views/{view}?granularity={g}&from=2019-11-01T00:00:00Z&to=2019-12-01T00:00:00Z"))
-                    .await;
-                assert_eq!(status, 200, "{body}");
-                let answer: Answer = serde_json::from_str(&body).unwrap();
-                assert_eq!(answer.view, *view);
-                assert_eq!(answer.granularity, *g);
-                generation = answer.manifest.as_ref().map(|m| m.generation);
-                let mut previous: Option<(i64, Vec<Option<String>>)> = None;
-                for row in answer.rows {
-                    let bucket = chrono::DateTime::parse_from_rfc3339(&row.bucket_start).unwrap().timestamp();
-                    let values: Vec<Option<String>> =
-                        dims.iter().map(|d| row.dims.get(*d).cloned().flatten()).collect();
-                    assert_eq!(row.dims.len(), dims.len());
-                    let key = (bucket, values.clone());
-                    if let Some(p) = &previous {
-                        assert!(p < &key, "rows sorted by bucket then dims: {p:?} before {key:?}");
-                    }
-                    previous = Some(key);
-                    let count: i64 = row.metrics["count"].get().parse().unwrap();
-                    let sum = truth::decimal_micros(row.metrics["sum_price"].get());
-                    assert!(out.insert((view.to_string(), g.to_string(), bucket, values), (count, sum)).is_none());
-                    *sources.entry(row.source).or_default() += 1;
-                }
-            }
-        }
-        (out, sources, generation)
+        answers(&self.http, &self.base_url).await
     }
 
     /// Polls the API until it equals `expected` (the speed layer is eventually complete), then returns the
@@ -315,6 +331,43 @@ impl Harness {
     }
 }
 
+/// Every view x granularity over November 2019 as the API at `base_url` answers it, plus the `source` of
+/// each row and the manifest generation the answers used.
+pub async fn answers(http: &reqwest::Client, base_url: &str) -> (Expected, BTreeMap<String, usize>, Option<i64>) {
+    let mut out = Expected::new();
+    let mut sources = BTreeMap::new();
+    let mut generation = None;
+    for (view, dims) in VIEWS {
+        for (g, _) in GRANULARITIES {
+            let url =
+                format!("{base_url}/v1/views/{view}?granularity={g}&from=2019-11-01T00:00:00Z&to=2019-12-01T00:00:00Z");
+            let r = http.get(url).send().await.unwrap();
+            let (status, body) = (r.status().as_u16(), r.text().await.unwrap());
+            assert_eq!(status, 200, "{body}");
+            let answer: Answer = serde_json::from_str(&body).unwrap();
+            assert_eq!(answer.view, *view);
+            assert_eq!(answer.granularity, *g);
+            generation = answer.manifest.as_ref().map(|m| m.generation);
+            let mut previous: Option<(i64, Vec<Option<String>>)> = None;
+            for row in answer.rows {
+                let bucket = chrono::DateTime::parse_from_rfc3339(&row.bucket_start).unwrap().timestamp();
+                let values: Vec<Option<String>> = dims.iter().map(|d| row.dims.get(*d).cloned().flatten()).collect();
+                assert_eq!(row.dims.len(), dims.len());
+                let key = (bucket, values.clone());
+                if let Some(p) = &previous {
+                    assert!(p < &key, "rows sorted by bucket then dims: {p:?} before {key:?}");
+                }
+                previous = Some(key);
+                let count: i64 = row.metrics["count"].get().parse().unwrap();
+                let sum = truth::decimal_micros(row.metrics["sum_price"].get());
+                assert!(out.insert((view.to_string(), g.to_string(), bucket, values), (count, sum)).is_none());
+                *sources.entry(row.source).or_default() += 1;
+            }
+        }
+    }
+    (out, sources, generation)
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Answer {
     pub view: String,
@@ -338,14 +391,21 @@ pub struct AnswerRow {
     pub source: String,
 }
 
-/// `base` with the keys of `overrides` replaced (both small TOML documents of tables).
-fn merge_toml(base: &str, overrides: &str) -> String {
+/// `base` with the keys of `overrides` replaced (both small TOML documents); tables merge one level deep,
+/// anything else (e.g. the `views` array) is replaced whole.
+pub fn merge_toml(base: &str, overrides: &str) -> String {
     let mut base: toml::Table = base.parse().unwrap();
     let overrides: toml::Table = overrides.parse().unwrap();
     for (section, values) in overrides {
-        let table = base.entry(section).or_insert_with(|| toml::Value::Table(Default::default()));
-        for (k, v) in values.as_table().unwrap() {
-            table.as_table_mut().unwrap().insert(k.clone(), v.clone());
+        match (base.get_mut(&section), values) {
+            (Some(toml::Value::Table(table)), toml::Value::Table(values)) => {
+                for (k, v) in values {
+                    table.insert(k, v);
+                }
+            }
+            (_, values) => {
+                base.insert(section, values);
+            }
         }
     }
     toml::to_string(&base).unwrap()

@@ -2,10 +2,22 @@
 //!
 //! Per partition it buffers records and closes a file once it holds `archive.max_file_records` records or
 //! its first record has waited `archive.max_file_age`. A file is written to a temporary name, fsynced,
-//! renamed and the directory fsynced; only then is the Kafka offset committed. On assignment it resumes at
-//! the largest `next` among the partition's files, not at the committed offset, so a crash between the
-//! rename and the commit archives nothing twice (DESIGN.md §4). Records that fail to decode go to the
-//! dead-letter file of the same offset range.
+//! renamed and the directory fsynced; only then is the Kafka offset committed. Records that fail to decode
+//! go to the dead-letter file of the same offset range.
+//!
+//! Where it reads is decided by its files, not by the committed offset (DESIGN.md §4), so a crash between
+//! a rename and its commit archives nothing twice, and a lost range is read again:
+//! - on assignment, and after each file at the end of the archive, it plans with
+//!   [`files::resume_plan`]: the first range missing between its files (deleted files, a wiped archive, a
+//!   log start before the first file) is read again from Kafka, then it returns to the end of the archive;
+//!   a missing range retention has already deleted from the log is reported (error log,
+//!   `records_lost_to_retention_total`) and left as a gap, which stops the batch cutoff there;
+//! - whenever a record arrives past the position (after a seek, or mid-stream), the log start tells what
+//!   the skipped offsets were: if the log still starts at or before them they held no records for this
+//!   consumer (transaction markers, aborted or compacted records) and the file covers them, so the files
+//!   keep tiling the log; otherwise retention deleted them (librdkafka resets an out-of-range position to
+//!   the log start and only logs it) and the file starts after the gap, which is reported. Reading the log
+//!   start is one watermark request, paid only at such jumps (seeks, transaction markers, resets).
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,9 +33,9 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::files::{self, file_name, partition_dir};
+use super::files::{self, file_name, partition_dir, resume_plan};
 use super::parquet_file::{self, ArchivedRecord};
 use crate::metrics as m;
 use crate::{Error, Result};
@@ -33,29 +45,21 @@ type Kafka = StreamConsumer<AssignmentContext>;
 #[derive(Debug)]
 struct OpenFile {
     epoch: u64,
-    /// First offset the file covers (the previous file's `next`).
+    /// First offset the file covers (the previous file's `next`, or where the archiver sought).
     first: i64,
     /// Offset after the last record taken.
     next: i64,
     records: Vec<ArchivedRecord>,
     dead_letters: Vec<DeadLetter>,
     opened_at: Option<Instant>,
-    /// Set after seeking back to the archive's end: a record past `first` then means the log no longer
-    /// holds the offsets in between, and the file starts at that record instead (a visible gap).
-    rewound: bool,
+    /// While re-reading a missing range: its end (the first offset of the next file). The file closes
+    /// there, and the archiver plans again.
+    until: Option<i64>,
 }
 
 impl OpenFile {
-    fn new(epoch: u64, first: i64) -> Self {
-        OpenFile {
-            epoch,
-            first,
-            next: first,
-            records: Vec::new(),
-            dead_letters: Vec::new(),
-            opened_at: None,
-            rewound: false,
-        }
+    fn new(epoch: u64, first: i64, until: Option<i64>) -> Self {
+        OpenFile { epoch, first, next: first, records: Vec::new(), dead_letters: Vec::new(), opened_at: None, until }
     }
 
     fn len(&self) -> usize {
@@ -75,6 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         fields: Arc::new(decoder.fields().to_vec()),
         decoder,
         open: HashMap::new(),
+        lost: HashMap::new(),
         consumer: consumer.clone(),
         config,
     };
@@ -106,6 +111,8 @@ struct Archiver {
     decoder: Decoder,
     fields: Arc<Vec<(String, FieldType)>>,
     open: HashMap<i32, OpenFile>,
+    /// Gaps between files that retention deleted from the log, per partition: never read again.
+    lost: HashMap<i32, Vec<(i64, i64)>>,
     consumer: Arc<Kafka>,
 }
 
@@ -120,57 +127,116 @@ impl Archiver {
         let Some(epoch) = self.consumer.context().epoch(partition) else { return Ok(()) };
         let mut file = match self.open.remove(&partition) {
             Some(f) if f.epoch == epoch => f,
-            _ => match self.resume_point(partition)? {
-                Some(resume) if offset > resume => {
-                    // The group's committed offset is past the archive's end (files were removed?): read
-                    // again from the end of the files rather than let a file claim offsets it never saw.
-                    warn!(partition, resume, offset, "committed offset is past the archive; seeking back");
-                    self.seek(partition, resume).await?;
-                    let mut f = OpenFile::new(epoch, resume);
-                    f.rewound = true;
-                    self.open.insert(partition, f);
-                    return Ok(());
-                }
-                resume => OpenFile::new(epoch, resume.unwrap_or(offset)),
-            },
-        };
-        if file.rewound && file.len() == 0 && offset > file.first {
-            warn!(
-                partition,
-                from = file.first,
-                to = offset,
-                "offsets are no longer in the log; the archive has a gap there"
-            );
-            file.first = offset;
-            file.next = offset;
-        }
-        file.rewound = false;
-        if offset >= file.next {
-            let timestamp_ms = message.timestamp().to_millis();
-            let payload = message.payload().unwrap_or_default();
-            match self.decoder.decode(payload) {
-                Ok(event) => file.records.push(ArchivedRecord { offset, timestamp_ms, event }),
-                Err(e) => {
-                    metrics::counter!(m::DEAD_LETTERS, "consumer" => "archive").increment(1);
-                    file.dead_letters.push(DeadLetter::new(
-                        self.topic(),
-                        partition,
-                        offset,
-                        timestamp_ms,
-                        payload,
-                        e.0,
-                    ));
-                }
+            _ => {
+                // a new assignment: read from where the files say, not from the committed offset (the
+                // record in hand predates that seek)
+                let file = self.plan(partition, epoch, true).await?;
+                self.open.insert(partition, file);
+                return Ok(());
             }
-            file.next = offset + 1;
-            file.opened_at.get_or_insert_with(Instant::now);
+        };
+        if offset < file.next {
+            self.open.insert(partition, file); // before the position (a redelivery): archived already
+            return Ok(());
         }
+        if offset > file.next {
+            if let Some(lost_to) = self.deleted_before(partition, file.next, offset).await {
+                self.lost.entry(partition).or_default().push((file.next, lost_to));
+                // close what the file holds, and start after the gap so the archive shows it
+                let (first, next) = (file.first, file.next);
+                self.open.insert(partition, file);
+                if next > first {
+                    self.close(partition).await?;
+                }
+                file = self.open.remove(&partition).expect("inserted above");
+                file.first = lost_to;
+                file.next = lost_to;
+            }
+        }
+        if let Some(until) = file.until.filter(|&until| offset >= until) {
+            // the missing range is read up to the next file: close it there, then plan again
+            file.next = file.next.max(until);
+            self.open.insert(partition, file);
+            self.close(partition).await?;
+            let next = self.plan(partition, epoch, false).await?;
+            self.open.insert(partition, next);
+            return Ok(());
+        }
+        let timestamp_ms = message.timestamp().to_millis();
+        let payload = message.payload().unwrap_or_default();
+        match self.decoder.decode(payload) {
+            Ok(event) => {
+                if event.dedup_key.is_none() {
+                    metrics::counter!(m::RECORDS_WITHOUT_KEY, "consumer" => "archive").increment(1);
+                }
+                file.records.push(ArchivedRecord { offset, timestamp_ms, event });
+            }
+            Err(e) => {
+                metrics::counter!(m::DEAD_LETTERS, "consumer" => "archive").increment(1);
+                file.dead_letters.push(DeadLetter::new(self.topic(), partition, offset, timestamp_ms, payload, e.0));
+            }
+        }
+        file.next = offset + 1;
+        file.opened_at.get_or_insert_with(Instant::now);
         let full = file.len() >= self.config.archive.max_file_records;
+        let refill_done = file.until == Some(file.next);
         self.open.insert(partition, file);
-        if full {
+        if refill_done {
+            self.close(partition).await?;
+            let next = self.plan(partition, epoch, false).await?;
+            self.open.insert(partition, next);
+        } else if full {
             self.close(partition).await?;
         }
         Ok(())
+    }
+
+    /// The record after `expected` came at `got`. `None` when the offsets in between held no records (the
+    /// log still starts at or before `expected`); `Some(end)` when retention deleted `[expected, end)`
+    /// before the archiver read it (reported), or when the log start cannot be read (then a gap is left,
+    /// which the next plan reads again if the log still holds it).
+    async fn deleted_before(&self, partition: i32, expected: i64, got: i64) -> Option<i64> {
+        match self.low_watermark(partition).await {
+            Some(low) if low > expected => {
+                let lost_to = low.min(got);
+                error!(
+                    partition,
+                    from = expected,
+                    to = lost_to,
+                    "records were deleted by retention before the archiver read them; the archive has a gap there"
+                );
+                metrics::counter!(m::RECORDS_LOST, "consumer" => "archive").increment((lost_to - expected) as u64);
+                Some(lost_to)
+            }
+            Some(_) => {
+                debug!(
+                    partition,
+                    from = expected,
+                    to = got,
+                    "offsets without records (transaction markers or compaction)"
+                );
+                None
+            }
+            None => {
+                warn!(partition, from = expected, to = got, "cannot tell what the skipped offsets were; leaving a gap");
+                Some(got)
+            }
+        }
+    }
+
+    async fn low_watermark(&self, partition: i32) -> Option<i64> {
+        let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
+        let read =
+            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)))
+                .await
+                .expect("fetch_watermarks task does not panic");
+        match read {
+            Ok((low, _)) => Some(low),
+            Err(e) => {
+                warn!(partition, error = %e, "cannot read the low watermark");
+                None
+            }
+        }
     }
 
     async fn seek(&self, partition: i32, offset: i64) -> Result<()> {
@@ -183,25 +249,65 @@ impl Archiver {
         .map_err(Error::kafka("seek"))
     }
 
-    /// Largest `next` among the partition's files; also clears a crash's leftovers (temporary files, and
-    /// dead-letter files at or past that point, whose Parquet twin never got renamed).
-    fn resume_point(&self, partition: i32) -> Result<Option<i64>> {
-        let root = &self.config.archive.root;
-        let dir = partition_dir(root, self.topic(), partition);
-        files::remove_temp_files(&dir);
-        let resume = files::list_partition(root, self.topic(), partition)?.iter().map(|f| f.next).max();
-        let dl_dir = dead_letter::partition_dir(root, "archive", self.topic(), partition);
+    /// Decides where `partition` reads next from its files ([`files::resume_plan`]), seeks there and returns
+    /// the open file. On `assignment` (or when the files have a gap) the log start is read too, to find
+    /// ranges missing before the first file and ranges retention deleted; between files at the end of the
+    /// archive only the directory is listed. Also clears leftovers a crash left (temporary files,
+    /// dead-letter files whose Parquet twin was never renamed or was lost).
+    async fn plan(&mut self, partition: i32, epoch: u64, assignment: bool) -> Result<OpenFile> {
+        let root = self.config.archive.root.clone();
+        files::remove_temp_files(&partition_dir(&root, self.topic(), partition));
+        let listed = files::list_partition(&root, self.topic(), partition)?;
+        let mut plan = resume_plan(&listed, i64::MIN);
+        if assignment || plan.refill.is_some() {
+            if let Some(low) = self.low_watermark(partition).await {
+                plan = resume_plan(&listed, low);
+            } else if listed.is_empty() {
+                plan = resume_plan(&listed, 0);
+            }
+        }
+        let known = self.lost.entry(partition).or_default();
+        for &(from, to) in &plan.lost {
+            if !known.contains(&(from, to)) {
+                error!(partition, from, to, "archive files are missing and retention deleted these offsets from the log; the batch cannot count them");
+                known.push((from, to));
+            }
+        }
+        let dl_dir = dead_letter::partition_dir(&root, "archive", self.topic(), partition);
         files::remove_temp_files(&dl_dir);
+        let twins: std::collections::HashSet<(i64, i64)> = listed.iter().map(|f| (f.first, f.next)).collect();
         if let Ok(entries) = fs::read_dir(&dl_dir) {
             for e in entries.flatten() {
-                let first = e.file_name().to_string_lossy().split('-').next().and_then(|s| s.parse::<i64>().ok());
-                if first.is_some_and(|first| first >= resume.unwrap_or(0)) {
-                    let _ = fs::remove_file(e.path());
+                let name = e.file_name().to_string_lossy().into_owned();
+                let range = name.strip_suffix(".jsonl").and_then(|stem| {
+                    let (a, b) = stem.split_once('-')?;
+                    Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?))
+                });
+                if let Some((first, next)) = range {
+                    let orphan = !twins.contains(&(first, next));
+                    let in_refill = plan.refill.is_some_and(|(from, to)| first < to && next > from);
+                    if orphan && (first >= plan.frontier || in_refill) {
+                        let _ = fs::remove_file(e.path());
+                    }
                 }
             }
         }
-        info!(partition, ?resume, "archiver resuming after its last file");
-        Ok(resume)
+        let file = match plan.refill {
+            Some((from, to)) => {
+                warn!(
+                    partition,
+                    from, to, "archive files are missing for these offsets; reading them again from Kafka"
+                );
+                metrics::counter!(m::ARCHIVE_REFILLS).increment(1);
+                OpenFile::new(epoch, from, Some(to))
+            }
+            None => {
+                info!(partition, resume = plan.frontier, "archiver resuming after its last file");
+                OpenFile::new(epoch, plan.frontier, None)
+            }
+        };
+        self.seek(partition, file.first).await?;
+        Ok(file)
     }
 
     async fn close_aged(&mut self) -> Result<()> {
@@ -228,17 +334,19 @@ impl Archiver {
         Ok(())
     }
 
-    /// Writes the open file of `partition` (dead letters first, then Parquet), then commits its `next`.
+    /// Writes the open file of `partition` (dead letters first, then Parquet). At the end of the archive it
+    /// then commits its `next` and checks the directory for missing ranges to read again; while re-reading
+    /// a missing range it commits nothing (the committed offset stays at the end of the archive).
     async fn close(&mut self, partition: i32) -> Result<()> {
         let Some(file) = self.open.get_mut(&partition) else { return Ok(()) };
-        if file.len() == 0 {
+        if file.first >= file.next {
             return Ok(());
         }
         if self.consumer.context().epoch(partition) != Some(file.epoch) {
             self.open.remove(&partition); // revoked: the new owner rewrites this range
             return Ok(());
         }
-        let (first, next) = (file.first, file.next);
+        let (first, next, refilling) = (file.first, file.next, file.until.is_some());
         let records = std::mem::take(&mut file.records);
         let letters = std::mem::take(&mut file.dead_letters);
         file.first = next;
@@ -257,11 +365,22 @@ impl Archiver {
         .expect("archive writer task does not panic")?;
         metrics::counter!(m::ARCHIVED_RECORDS).increment(count as u64);
         metrics::counter!(m::ARCHIVE_FILES).increment(1);
-        debug!(partition, first, next, records = count, "archive file written");
+        debug!(partition, first, next, records = count, refilling, "archive file written");
+        if refilling {
+            return Ok(());
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(self.topic(), partition, Offset::Offset(next)).map_err(Error::kafka("commit"))?;
         if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
             warn!(partition, next, error = %e, "offset commit failed; the archiver resumes from its files anyway");
+        }
+        // files deleted behind the end of the archive while it runs are read again now, not at a restart
+        let listed = files::list_partition(&self.config.archive.root, self.topic(), partition)?;
+        let known = self.lost.get(&partition).map(Vec::as_slice).unwrap_or_default();
+        if files::gaps(&listed).iter().any(|gap| !known.iter().any(|lost| lost.0 <= gap.0 && gap.1 <= lost.1)) {
+            let epoch = self.open.get(&partition).map(|f| f.epoch).expect("open above");
+            let file = self.plan(partition, epoch, false).await?;
+            self.open.insert(partition, file);
         }
         Ok(())
     }

@@ -68,6 +68,65 @@ pub fn list_partition(root: &Path, topic: &str, partition: i32) -> Result<Vec<Ar
     Ok(files)
 }
 
+/// Where the archiver of one partition reads next, and what is gone for good (DESIGN.md §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePlan {
+    /// `Some((from, to))`: the first range missing from the archive that the log still holds, to read
+    /// again (files deleted, the archive wiped). `None`: continue at [`ResumePlan::frontier`].
+    pub refill: Option<(i64, i64)>,
+    /// The end of the archive (the largest `next`), or the log start for an empty archive.
+    pub frontier: i64,
+    /// Ranges missing from the archive that retention has deleted from the log: they cannot be archived
+    /// again (reported; the batch refuses to publish over them).
+    pub lost: Vec<(i64, i64)>,
+}
+
+/// The resume plan of a partition whose archive holds `files` (ordered by `first`) while the log starts at
+/// `low` (its low watermark). Missing ranges are the gaps between files and, when the log still holds
+/// offsets before the first file, the range from `low` to it.
+pub fn resume_plan(files: &[ArchiveFile], low: i64) -> ResumePlan {
+    let mut holes = Vec::new();
+    let mut covered = match files.first() {
+        Some(f) if low < f.first => {
+            holes.push((low, f.first));
+            f.first
+        }
+        Some(f) => f.first,
+        None => low,
+    };
+    for f in files {
+        if f.first > covered {
+            holes.push((covered, f.first));
+        }
+        covered = covered.max(f.next);
+    }
+    let mut plan = ResumePlan { refill: None, frontier: covered, lost: Vec::new() };
+    for (from, to) in holes {
+        if to <= low {
+            plan.lost.push((from, to));
+        } else {
+            if from < low {
+                plan.lost.push((from, low));
+            }
+            plan.refill = plan.refill.or(Some((from.max(low), to)));
+        }
+    }
+    plan
+}
+
+/// The gaps between consecutive `files` (ordered by `first`): offsets no file covers.
+pub fn gaps(files: &[ArchiveFile]) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut covered = files.first().map_or(0, |f| f.first);
+    for f in files {
+        if f.first > covered {
+            out.push((covered, f.first));
+        }
+        covered = covered.max(f.next);
+    }
+    out
+}
+
 /// Removes leftovers of a crash in `dir`: temporary files (never renamed, so never committed).
 pub fn remove_temp_files(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
@@ -83,6 +142,29 @@ pub fn remove_temp_files(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ranges(ranges: &[(i64, i64)]) -> Vec<ArchiveFile> {
+        ranges.iter().map(|&(first, next)| ArchiveFile { partition: 0, first, next, path: PathBuf::new() }).collect()
+    }
+
+    #[test]
+    fn resume_at_the_first_missing_range_the_log_still_holds() {
+        let plan = resume_plan(&ranges(&[(0, 100), (100, 250)]), 0);
+        assert_eq!(plan, ResumePlan { refill: None, frontier: 250, lost: vec![] }, "contiguous: continue");
+        let plan = resume_plan(&ranges(&[]), 40);
+        assert_eq!(plan, ResumePlan { refill: None, frontier: 40, lost: vec![] }, "empty (or wiped): the log start");
+        let plan = resume_plan(&ranges(&[(0, 100), (180, 250), (300, 400)]), 0);
+        assert_eq!((plan.refill, plan.frontier), (Some((100, 180)), 400), "the first gap first");
+        let plan = resume_plan(&ranges(&[(200, 300)]), 50);
+        assert_eq!((plan.refill, plan.lost.clone()), (Some((50, 200)), vec![]), "early files lost, the log holds them");
+        let plan = resume_plan(&ranges(&[(0, 100), (180, 250), (300, 400)]), 200);
+        assert_eq!(plan.lost, vec![(100, 180)], "a gap retention deleted is lost");
+        assert_eq!(plan.refill, Some((250, 300)));
+        let plan = resume_plan(&ranges(&[(0, 100), (180, 250)]), 150);
+        assert_eq!((plan.refill, plan.lost), (Some((150, 180)), vec![(100, 150)]), "partly deleted");
+        let plan = resume_plan(&ranges(&[(0, 100), (50, 150), (150, 200)]), 0);
+        assert_eq!((plan.refill, plan.frontier), (None, 200), "overlaps are no gap");
+    }
 
     #[test]
     fn names_round_trip_and_sort() {

@@ -1,18 +1,21 @@
 //! The archive's Parquet layout: `_partition` (Int32), `_offset` (Int64), `_timestamp` (Kafka timestamp,
-//! Timestamp(ms, UTC)), `_dedup_key` (FixedSizeBinary(16), big-endian u128), then the typed event fields
-//! (string -> Utf8, i64 -> Int64, f64 -> Float64, timestamp -> Timestamp(us, UTC)).
+//! Timestamp(ms, UTC)), `_dedup_key` (FixedSizeBinary(16), big-endian u128; null when the record's named
+//! dedup key is missing, null or empty: such a record is its own event), then the typed event fields
+//! (string -> Utf8, i64 -> Int64, f64 -> Decimal128(22, 6) holding the exact micro-units of
+//! [`common::decimal`], timestamp -> Timestamp(us, UTC)).
 
 use std::fs::{self, File};
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, FixedSizeBinaryArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, Decimal128Array, FixedSizeBinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray, TimestampMillisecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use common::config::FieldType;
 use common::dead_letter::persist;
+use common::decimal::{ARCHIVE_PRECISION, SCALE};
 use common::schema::{Event, Value};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -35,13 +38,13 @@ pub fn arrow_schema(fields: &[(String, FieldType)]) -> SchemaRef {
         Field::new("_partition", DataType::Int32, false),
         Field::new("_offset", DataType::Int64, false),
         Field::new("_timestamp", DataType::Timestamp(TimeUnit::Millisecond, utc.clone()), true),
-        Field::new("_dedup_key", DataType::FixedSizeBinary(16), false),
+        Field::new("_dedup_key", DataType::FixedSizeBinary(16), true),
     ];
     for (name, ty) in fields {
         let dt = match ty {
             FieldType::String => DataType::Utf8,
             FieldType::I64 => DataType::Int64,
-            FieldType::F64 => DataType::Float64,
+            FieldType::F64 => DataType::Decimal128(ARCHIVE_PRECISION, SCALE),
             FieldType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, utc.clone()),
         };
         cols.push(Field::new(name, dt, true));
@@ -78,11 +81,10 @@ fn to_batch(
         Arc::new(Int32Array::from(vec![partition; records.len()])),
         Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.offset))),
         Arc::new(TimestampMillisecondArray::from_iter(records.iter().map(|r| r.timestamp_ms)).with_timezone("UTC")),
-        Arc::new(if records.is_empty() {
-            FixedSizeBinaryArray::new_null(16, 0)
-        } else {
-            FixedSizeBinaryArray::try_from_iter(records.iter().map(|r| r.event.dedup_key.to_be_bytes()))?
-        }),
+        Arc::new(FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+            records.iter().map(|r| r.event.dedup_key.map(u128::to_be_bytes)),
+            16,
+        )?),
     ];
     for (i, (_, ty)) in fields.iter().enumerate() {
         let values = records.iter().map(|r| &r.event.values[i]);
@@ -95,10 +97,13 @@ fn to_batch(
                 Value::I64(x) => Some(*x),
                 _ => None,
             }))),
-            FieldType::F64 => Arc::new(Float64Array::from_iter(values.map(|v| match v {
-                Value::F64(x) => Some(*x),
-                _ => None,
-            }))),
+            FieldType::F64 => Arc::new(
+                Decimal128Array::from_iter(values.map(|v| match v {
+                    Value::Decimal(micros) => Some(*micros),
+                    _ => None,
+                }))
+                .with_precision_and_scale(ARCHIVE_PRECISION, SCALE)?,
+            ),
             FieldType::Timestamp => Arc::new(
                 TimestampMicrosecondArray::from_iter(values.map(|v| match v {
                     Value::Timestamp(x) => Some(*x),

@@ -23,7 +23,8 @@ use tracing::debug;
 use crate::archive::ArchiveFile;
 
 /// One computed table: a view at one granularity, as a frame with columns `__bucket` (Int64, Unix seconds),
-/// `__d_<dimension>` (String, null for missing or empty) and `__m<i>` (Int64, metric `i` of the view).
+/// `__d_<dimension>` (String, null for missing or empty) and `__m<i>` (metric `i` of the view: Int64 for a
+/// count, Decimal(38, 6) for a sum, whose unscaled integer is the micro-unit count).
 #[derive(Debug, Clone)]
 pub struct Table {
     pub view: String,
@@ -62,17 +63,26 @@ pub struct Computed {
     pub records_scanned: u64,
     pub repeated_records_removed: u64,
     pub duplicates_removed: u64,
+    /// Records without a dedup key (a named key missing, null or empty): each kept as its own event.
+    pub records_without_dedup_key: u64,
+}
+
+/// Type of every sum column: 38 digits (the most a 128-bit decimal holds), 6 places ([`common::decimal`]).
+fn sum_type() -> DataType {
+    DataType::Decimal(38, 6)
 }
 
 /// Records (approximately, from offset ranges) read per chunk of the aggregation pass: the memory of the
 /// job is about one chunk of prepared columns plus the partial aggregates, not the whole archive.
 pub const CHUNK_RECORDS: u64 = 20_000_000;
 
-/// Computes the batch view from the archive files below `cutoffs`.
+/// Computes the batch view from the archive records with `starts[p] <= offset < cutoffs[p]` (a partition
+/// missing from `starts` from its first archived offset).
 ///
 /// Dedup rule: keep one record per (partition, offset), then one per `_dedup_key`, the one with the earliest
-/// `_timestamp` (nulls last), then lowest partition, then lowest offset. Sums are in micro-units, rounded
-/// half away from zero per value as the speed layer does ([`common::decimal::f64_to_micros`]).
+/// `_timestamp` (nulls last), then lowest partition, then lowest offset; a record without a key (null
+/// `_dedup_key`) is always kept. Sums add the archived exact decimals (`f64` fields) or integers times 10^6
+/// (`i64` fields) as 128-bit decimals: the same micro-units the speed layer adds ([`common::decimal`]).
 ///
 /// Two passes over the archive, each a chunk of files at a time ([`CHUNK_RECORDS`]):
 /// 1. *keys*: `_dedup_key`, `_timestamp`, `_partition`, `_offset` of every record; the (key, row) pairs are
@@ -88,16 +98,19 @@ pub fn compute(
     event_time: &str,
     field_types: &[(String, FieldType)],
     files: &BTreeMap<i32, Vec<ArchiveFile>>,
+    starts: &BTreeMap<i32, i64>,
     cutoffs: &BTreeMap<i32, i64>,
     on_table: impl FnMut(&str, Granularity),
 ) -> PolarsResult<Computed> {
-    compute_in_chunks(views, event_time, field_types, files, cutoffs, CHUNK_RECORDS, on_table)
+    compute_in_chunks(views, event_time, field_types, files, starts, cutoffs, CHUNK_RECORDS, on_table)
 }
 
 /// One archive file's share of the work.
 #[derive(Debug, Clone)]
 struct Part {
     path: PlRefPath,
+    /// The start of its partition's batch view: records below it are not read.
+    start: i64,
     /// The cutoff of its partition: records at or past it are not read.
     cutoff: i64,
     /// Offsets below this are owned by an earlier, overlapping file of the partition.
@@ -110,19 +123,25 @@ struct Part {
 
 /// The files below the cutoffs, partitions interleaved by position (the k-th tenth of every partition
 /// together), so chunks cover similar event times and their partial aggregates overlap little.
-fn plan(files: &BTreeMap<i32, Vec<ArchiveFile>>, cutoffs: &BTreeMap<i32, i64>) -> Vec<Part> {
+fn plan(
+    files: &BTreeMap<i32, Vec<ArchiveFile>>,
+    starts: &BTreeMap<i32, i64>,
+    cutoffs: &BTreeMap<i32, i64>,
+) -> Vec<Part> {
     let mut ranked: Vec<(f64, i32, usize, Part)> = Vec::new();
     for (&partition, &cutoff) in cutoffs {
+        let start = starts.get(&partition).copied().unwrap_or(i64::MIN);
         let selected: Vec<&ArchiveFile> =
-            files.get(&partition).into_iter().flatten().filter(|f| f.first < cutoff).collect();
-        let mut covered = i64::MIN;
+            files.get(&partition).into_iter().flatten().filter(|f| f.first < cutoff && f.next > start).collect();
+        let mut covered = start;
         for (i, f) in selected.iter().enumerate() {
             let owned_from = f.first.max(covered);
             let part = Part {
                 path: PlRefPath::new(f.path.to_string_lossy().as_ref()),
+                start,
                 cutoff,
                 owned_from,
-                span: (f.next.min(cutoff) - f.first).max(0) as u64,
+                span: (f.next.min(cutoff) - f.first.max(start)).max(0) as u64,
                 owns_any: owned_from < f.next.min(cutoff),
             };
             covered = covered.max(f.next);
@@ -166,16 +185,18 @@ fn scan(parts: &[&Part], query: impl Fn(&Part) -> (Expr, Vec<Expr>)) -> PolarsRe
 }
 
 /// [`compute`] with a chosen chunk size (tests use small ones to exercise the chunk boundaries).
+#[allow(clippy::too_many_arguments)]
 pub fn compute_in_chunks(
     views: &ViewSet,
     event_time: &str,
     field_types: &[(String, FieldType)],
     files: &BTreeMap<i32, Vec<ArchiveFile>>,
+    starts: &BTreeMap<i32, i64>,
     cutoffs: &BTreeMap<i32, i64>,
     chunk_records: u64,
     mut on_table: impl FnMut(&str, Granularity),
 ) -> PolarsResult<Computed> {
-    let parts = plan(files, cutoffs);
+    let parts = plan(files, starts, cutoffs);
     let all: Vec<&Part> = parts.iter().collect();
     let owning: Vec<&Part> = parts.iter().filter(|p| p.owns_any).collect();
     let mut out = Computed::default();
@@ -188,6 +209,8 @@ pub fn compute_in_chunks(
     let mut keys_of: Vec<(u64, u64, u32)> = Vec::with_capacity(estimate);
     let (mut ranks_ts, mut ranks_partition, mut ranks_offset) =
         (Vec::with_capacity(estimate), Vec::with_capacity(estimate), Vec::with_capacity(estimate));
+    // rows without a dedup key: each its own event, kept whatever else shares nothing with it
+    let mut keyless: Vec<u32> = Vec::new();
     for chunk in chunks(&all, chunk_records) {
         let keys = scan(chunk, |p| {
             let columns = vec![
@@ -197,7 +220,7 @@ pub fn compute_in_chunks(
                 col("_partition"),
                 col("_offset"),
             ];
-            (col("_offset").lt(lit(p.cutoff)), columns)
+            (col("_offset").gt_eq(lit(p.start)).and(col("_offset").lt(lit(p.cutoff))), columns)
         })?;
         out.records_scanned += keys.height() as u64;
         let owned = keys.column("__owned")?.as_materialized_series().bool()?.clone();
@@ -215,14 +238,15 @@ pub fn compute_in_chunks(
             ranks_ts.push(ts.unwrap_or(i64::MAX));
             ranks_partition.push(partition.unwrap_or(i32::MAX));
             ranks_offset.push(offset.unwrap_or(i64::MAX));
-            let (hi, lo) = key.map_or((0, 0), |k| {
-                let mut b = [0u8; 16];
-                let n = k.len().min(16);
-                b[..n].copy_from_slice(&k[..n]);
-                let k = u128::from_be_bytes(b);
-                ((k >> 64) as u64, k as u64)
-            });
-            keys_of.push((hi, lo, row));
+            let Some(key) = key else {
+                keyless.push(row);
+                continue;
+            };
+            let mut b = [0u8; 16];
+            let n = key.len().min(16);
+            b[..n].copy_from_slice(&key[..n]);
+            let k = u128::from_be_bytes(b);
+            keys_of.push(((k >> 64) as u64, k as u64, row));
         }
     }
     let owned_rows = ranks_ts.len() as u64;
@@ -235,6 +259,11 @@ pub fn compute_in_chunks(
     };
     let mut winners = 0u64;
     let mut keep = vec![false; owned_rows as usize];
+    for &row in &keyless {
+        keep[row as usize] = true;
+    }
+    out.records_without_dedup_key = keyless.len() as u64;
+    let keyed_rows = owned_rows - out.records_without_dedup_key;
     for run in keys_of.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
         let best = match run {
             [(_, _, only)] => *only, // most keys: no rank to compare
@@ -243,9 +272,9 @@ pub fn compute_in_chunks(
         keep[best as usize] = true;
         winners += 1;
     }
-    drop((keys_of, ranks_ts, ranks_partition, ranks_offset));
+    drop((keys_of, ranks_ts, ranks_partition, ranks_offset, keyless));
     out.repeated_records_removed = out.records_scanned - owned_rows;
-    out.duplicates_removed = owned_rows - winners;
+    out.duplicates_removed = keyed_rows - winners;
     let keep = (out.duplicates_removed > 0).then_some(keep);
     debug!(
         records = out.records_scanned,
@@ -324,7 +353,13 @@ pub fn compute_in_chunks(
 fn empty_table(view: &View) -> DataFrame {
     let mut columns = vec![Column::new_empty("__bucket".into(), &DataType::Int64)];
     columns.extend(view.dimensions.iter().map(|d| Column::new_empty(format!("__d_{d}").into(), &DataType::String)));
-    columns.extend((0..view.metrics.len()).map(|i| Column::new_empty(format!("__m{i}").into(), &DataType::Int64)));
+    columns.extend(view.metrics.iter().enumerate().map(|(i, m)| {
+        let ty = match m {
+            ResolvedMetric::Count => DataType::Int64,
+            ResolvedMetric::Sum { .. } => sum_type(),
+        };
+        Column::new_empty(format!("__m{i}").into(), &ty)
+    }));
     DataFrame::new(0, columns).expect("distinct empty columns")
 }
 
@@ -346,7 +381,7 @@ fn view_columns(views: &ViewSet, event_time: &str, field_types: &[(String, Field
 
 /// The rows kept by `keep`, with only the columns every view aggregates over, computed once: `__bucket` of
 /// the finest step in use (Unix seconds), the dimensions as text (`__d_<name>`; empty strings become null,
-/// DESIGN.md §3) and each summed field in micro-units (`__s_<field>`).
+/// DESIGN.md §3) and each summed field as a Decimal(38, 6) (`__s_<field>`; an `i64` is scaled exactly).
 fn prepare(
     mut records: DataFrame,
     keep: Option<BooleanChunked>,
@@ -379,17 +414,8 @@ fn prepare(
                 if !done.insert(format!("m:{name}")) {
                     continue;
                 }
-                let e = match ty {
-                    FieldType::I64 => col(name.as_str()) * lit(1_000_000i64),
-                    _ => {
-                        let scaled = col(name.as_str()).cast(DataType::Float64) * lit(1e6);
-                        when(scaled.clone().gt_eq(lit(0.0)))
-                            .then(scaled.clone() + lit(0.5))
-                            .otherwise(scaled - lit(0.5))
-                            .cast(DataType::Int64)
-                    }
-                };
-                exprs.push(e.alias(format!("__s_{name}")));
+                debug_assert!(matches!(ty, FieldType::I64 | FieldType::F64), "validated: sums of numeric fields");
+                exprs.push(col(name.as_str()).cast(sum_type()).alias(format!("__s_{name}")));
             }
         }
     }
@@ -439,6 +465,21 @@ fn roll_up(finer: &DataFrame, view: &View, g: Granularity) -> PolarsResult<DataF
     finer.clone().lazy().group_by(group_keys(view, bucket)).agg(aggs).collect()
 }
 
+/// A metric column of a table: counts, or the micro-units of a Decimal(38, 6) sum.
+enum MetricColumn {
+    Count(Int64Chunked),
+    Sum(Int128Chunked),
+}
+
+impl MetricColumn {
+    fn get(&self, i: usize) -> i128 {
+        match self {
+            MetricColumn::Count(c) => c.get(i).map_or(0, i128::from),
+            MetricColumn::Sum(s) => s.get(i).unwrap_or(0),
+        }
+    }
+}
+
 fn to_rows(df: &DataFrame, view: &View, g: Granularity) -> PolarsResult<Vec<BatchRow>> {
     let bucket = df.column("__bucket")?.as_materialized_series().i64()?.clone();
     let dims: Vec<StringChunked> = view
@@ -446,8 +487,21 @@ fn to_rows(df: &DataFrame, view: &View, g: Granularity) -> PolarsResult<Vec<Batc
         .iter()
         .map(|d| df.column(&format!("__d_{d}")).and_then(|c| c.as_materialized_series().str().cloned()))
         .collect::<PolarsResult<_>>()?;
-    let metrics: Vec<Int64Chunked> = (0..view.metrics.len())
-        .map(|i| df.column(&format!("__m{i}")).and_then(|c| c.as_materialized_series().i64().cloned()))
+    let metrics: Vec<MetricColumn> = view
+        .metrics
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let column = df.column(&format!("__m{i}"))?.as_materialized_series();
+            Ok(match m {
+                ResolvedMetric::Count => MetricColumn::Count(column.i64()?.clone()),
+                ResolvedMetric::Sum { .. } => {
+                    let decimal = column.decimal()?;
+                    polars_ensure!(decimal.scale() == 6, ComputeError: "sum column {i} has scale {}", decimal.scale());
+                    MetricColumn::Sum(decimal.physical().clone())
+                }
+            })
+        })
         .collect::<PolarsResult<_>>()?;
     let mut rows = Vec::with_capacity(df.height());
     for i in 0..df.height() {
@@ -458,7 +512,7 @@ fn to_rows(df: &DataFrame, view: &View, g: Granularity) -> PolarsResult<Vec<Batc
                 bucket_start: bucket.get(i).expect("event time is never null"),
                 dims: dims.iter().map(|d| d.get(i).map(str::to_owned)).collect(),
             },
-            metrics: metrics.iter().map(|m| m.get(i).unwrap_or(0)).collect(),
+            metrics: metrics.iter().map(|m| m.get(i)).collect(),
         });
     }
     Ok(rows)
@@ -469,7 +523,6 @@ mod tests {
     use super::*;
     use crate::archive::files::{file_name, partition_dir};
     use crate::archive::parquet_file::{self, ArchivedRecord};
-    use common::decimal::f64_to_micros;
     use common::schema::{Decoder, Value};
     use common::Config;
 
@@ -495,14 +548,15 @@ mod tests {
             for offset in 0..400 {
                 let second = 1_572_566_400 + next(3 * 86_400) as i64;
                 let time = chrono::DateTime::from_timestamp(second, 0).unwrap().format("%Y-%m-%d %H:%M:%S UTC");
+                let session = next(700); // ~1,200 records over 700 sessions: many repeats, across partitions
+                let session = if next(15) == 0 { String::new() } else { format!(r#","user_session":"s{session}""#) };
                 let payload = format!(
-                    r#"{{"event_time":"{time}","event_type":"{}","brand":"{}","category_code":"c{}","price":{}.{:02},"user_session":"s{}"}}"#,
+                    r#"{{"event_time":"{time}","event_type":"{}","brand":"{}","category_code":"c{}","price":{}.{:02}{session}}}"#,
                     ["view", "cart", "purchase"][next(3) as usize],
                     ["", "apple", "sony"][next(3) as usize],
                     next(4),
                     next(500),
                     next(100),
-                    next(700), // ~1,200 records over 700 sessions: many repeats, across partitions
                 );
                 let timestamp_ms = (next(20) != 0).then(|| 1_700_000_000_000 + next(1_000_000) as i64);
                 out.push(Logged { partition, offset, timestamp_ms, payload });
@@ -512,7 +566,7 @@ mod tests {
     }
 
     /// Aggregates by (view, granularity, bucket, dimensions).
-    type Cells = BTreeMap<(String, Granularity, i64, Vec<Option<String>>), Vec<i64>>;
+    type Cells = BTreeMap<(String, Granularity, i64, Vec<Option<String>>), Vec<i128>>;
 
     /// Archive files per partition as `[first, next)` ranges: overlapping and fully covered files in
     /// partition 0, one file in partition 1, a gapless pair in partition 2.
@@ -542,57 +596,78 @@ mod tests {
         }
         let files = crate::archive::list(dir.path(), "events").unwrap();
         let cutoffs = BTreeMap::from([(0, 250), (1, 400), (2, 171), (3, 0)]);
-
-        // truth: the records below the cutoffs, one per session (earliest timestamp, nulls last, then
-        // partition, then offset), aggregated by hand
-        let below: Vec<&Logged> = log.iter().filter(|r| r.offset < cutoffs[&r.partition]).collect();
-        let mut winners: BTreeMap<String, &Logged> = BTreeMap::new();
-        for r in &below {
-            let event = decoder.decode(r.payload.as_bytes()).unwrap();
-            let Value::Str(session) = &event.values[8] else { panic!("session") };
-            let rank = |r: &Logged| (r.timestamp_ms.unwrap_or(i64::MAX), r.partition, r.offset);
-            let w = winners.entry(session.clone()).or_insert(r);
-            if rank(r) < rank(w) {
-                *w = r;
-            }
-        }
-        let mut truth: Cells = BTreeMap::new();
-        for r in winners.values() {
-            let event = decoder.decode(r.payload.as_bytes()).unwrap();
-            let text = |i: usize| match &event.values[i] {
-                Value::Str(s) if !s.is_empty() => Some(s.clone()),
-                _ => None,
-            };
-            let Value::F64(price) = event.values[6] else { panic!("price") };
-            for view in &views.views {
-                let dims: Vec<Option<String>> = view.dimension_fields.iter().map(|&f| text(f)).collect();
-                for &g in &view.granularities {
-                    let key = (view.name.clone(), g, g.bucket_start(event.event_time), dims.clone());
-                    let cell = truth.entry(key).or_insert_with(|| vec![0, 0]);
-                    cell[0] += 1;
-                    cell[1] += f64_to_micros(price);
-                }
-            }
-        }
         // partition 0 below 250: files [0,100) + [50,100) again + [60,90) again + [150,250) ... and [100,150)
-        let scanned = 100 + 100 + 30 + 100 + 400 + 170 + 1;
         let repeated = 50 + 30;
-        assert!(below.len() - winners.len() > 100, "the log has many repeated sessions");
-
-        for chunk_records in [1, 150, 1_000, u64::MAX] {
-            let computed =
-                compute_in_chunks(&views, "event_time", &fields, &files, &cutoffs, chunk_records, |_, _| {}).unwrap();
-            assert_eq!(computed.records_scanned, scanned, "chunks of {chunk_records}");
-            assert_eq!(computed.repeated_records_removed, repeated, "chunks of {chunk_records}");
-            assert_eq!(computed.duplicates_removed, (below.len() - winners.len()) as u64, "chunks of {chunk_records}");
-            let mut got = BTreeMap::new();
-            for table in &computed.tables {
-                for row in table.rows(&views).unwrap() {
-                    let k = row.key;
-                    assert!(got.insert((k.view, k.granularity, k.bucket_start, k.dims), row.metrics).is_none());
+        for (starts, scanned) in [
+            (BTreeMap::new(), 100 + 100 + 30 + 100 + 400 + 170 + 1),
+            (BTreeMap::from([(1, 100), (2, 0)]), 100 + 100 + 30 + 100 + 300 + 170 + 1),
+        ] {
+            let start = |p: i32| starts.get(&p).copied().unwrap_or(0);
+            // truth: the records in [start, cutoff), one per session (earliest timestamp, nulls last, then
+            // partition, then offset) and every record without a session, aggregated by hand
+            let below: Vec<&Logged> =
+                log.iter().filter(|r| r.offset >= start(r.partition) && r.offset < cutoffs[&r.partition]).collect();
+            let mut winners: BTreeMap<String, &Logged> = BTreeMap::new();
+            let mut keyless: Vec<&Logged> = Vec::new();
+            for r in &below {
+                let event = decoder.decode(r.payload.as_bytes()).unwrap();
+                let Value::Str(session) = &event.values[8] else {
+                    keyless.push(r);
+                    continue;
+                };
+                let rank = |r: &Logged| (r.timestamp_ms.unwrap_or(i64::MAX), r.partition, r.offset);
+                let w = winners.entry(session.clone()).or_insert(r);
+                if rank(r) < rank(w) {
+                    *w = r;
                 }
             }
-            assert_eq!(got, truth, "chunks of {chunk_records}");
+            let mut truth: Cells = BTreeMap::new();
+            for r in winners.values().chain(&keyless) {
+                let event = decoder.decode(r.payload.as_bytes()).unwrap();
+                let text = |i: usize| match &event.values[i] {
+                    Value::Str(s) if !s.is_empty() => Some(s.clone()),
+                    _ => None,
+                };
+                let Value::Decimal(price) = event.values[6] else { panic!("price") };
+                for view in &views.views {
+                    let dims: Vec<Option<String>> = view.dimension_fields.iter().map(|&f| text(f)).collect();
+                    for &g in &view.granularities {
+                        let key = (view.name.clone(), g, g.bucket_start(event.event_time), dims.clone());
+                        let cell = truth.entry(key).or_insert_with(|| vec![0, 0]);
+                        cell[0] += 1;
+                        cell[1] += price;
+                    }
+                }
+            }
+            let duplicates = (below.len() - winners.len() - keyless.len()) as u64;
+            assert!(duplicates > 100, "the log has many repeated sessions");
+            assert!(keyless.len() > 20, "and records without one: {}", keyless.len());
+
+            for chunk_records in [1, 150, 1_000, u64::MAX] {
+                let computed = compute_in_chunks(
+                    &views,
+                    "event_time",
+                    &fields,
+                    &files,
+                    &starts,
+                    &cutoffs,
+                    chunk_records,
+                    |_, _| {},
+                )
+                .unwrap();
+                assert_eq!(computed.records_scanned, scanned, "chunks of {chunk_records}");
+                assert_eq!(computed.repeated_records_removed, repeated, "chunks of {chunk_records}");
+                assert_eq!(computed.duplicates_removed, duplicates, "chunks of {chunk_records}");
+                assert_eq!(computed.records_without_dedup_key, keyless.len() as u64);
+                let mut got = BTreeMap::new();
+                for table in &computed.tables {
+                    for row in table.rows(&views).unwrap() {
+                        let k = row.key;
+                        assert!(got.insert((k.view, k.granularity, k.bucket_start, k.dims), row.metrics).is_none());
+                    }
+                }
+                assert_eq!(got, truth, "chunks of {chunk_records}, starts {starts:?}");
+            }
         }
     }
 }

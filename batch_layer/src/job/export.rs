@@ -1,8 +1,8 @@
 //! `lambda batch export`: the batch view computed exactly as a run computes it (DESIGN.md §5 steps 2-3),
 //! written as Parquet instead of published. One file per view and granularity,
 //! `<out>/<view>_<granularity>.parquet`, with columns `bucket_start` (Int64, Unix seconds UTC), one Utf8
-//! column per dimension (null for a missing or empty value) and one Int64 column per metric (`count`;
-//! `sum_<field>` in micro-units, 1e-6 of the field's unit), rows in no particular order.
+//! column per dimension (null for a missing or empty value) and one column per metric (`count` Int64;
+//! `sum_<field>` Decimal(38, 6) in the field's unit, exact), rows in no particular order.
 //!
 //! Used to inspect a generation before it is published, to hand exact aggregates to other tools, and by
 //! the batch benchmark (`bench/batch`) to compare engines on identical output.
@@ -37,16 +37,22 @@ pub struct ExportReport {
     pub write_seconds: f64,
 }
 
-/// Computes the batch view of `config`'s archive below `cutoffs` (per partition; records at offsets
-/// `>= cutoff` and partitions without a cutoff are left out) and writes it under `out` (created if missing).
+/// Computes the batch view of `config`'s archive in `[starts[p], cutoffs[p])` per partition (no lower bound
+/// for a partition missing from `starts`; partitions without a cutoff are left out) and writes it under
+/// `out` (created if missing).
 ///
 /// Errors: the archive cannot be listed or read, Polars fails, or a file cannot be written.
-pub fn export(config: &Config, cutoffs: &BTreeMap<i32, i64>, out: &Path) -> Result<ExportReport> {
+pub fn export(
+    config: &Config,
+    starts: &BTreeMap<i32, i64>,
+    cutoffs: &BTreeMap<i32, i64>,
+    out: &Path,
+) -> Result<ExportReport> {
     let views = ViewSet::new(config);
     let fields = Decoder::new(config).fields().to_vec();
     let files = archive::list(&config.archive.root, &config.kafka.topic)?;
     let clock = Instant::now();
-    let computed = compute::compute(&views, &config.schema.event_time, &fields, &files, cutoffs, |_, _| {})?;
+    let computed = compute::compute(&views, &config.schema.event_time, &fields, &files, starts, cutoffs, |_, _| {})?;
     let compute_seconds = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();

@@ -1,10 +1,19 @@
 //! The view store (DESIGN.md §6): speed rows, batch rows by generation, seals, manifests and the batch lease.
 //!
-//! One async trait, [`ViewStore`], with one backend per database. The rules every backend keeps:
-//! - speed rows are keyed by (view, granularity, bucket_start, dims, partition, segment_start) and a write
-//!   replaces a row only when its `upto_offset` is larger (set semantics, DESIGN.md §4);
-//! - a seal is recorded first-writer-wins: [`ViewStore::record_seal`] returns the seal that is recorded;
-//! - publishing a manifest is a single write, the switch to its generation (DESIGN.md §5).
+//! One async trait, [`ViewStore`], with one backend per database. The contract every backend keeps (the
+//! conformance suite in `common/tests/store_conformance.rs` holds each backend to it):
+//! - **speed rows** are keyed by (view, granularity, bucket_start, dims, partition, segment_start) and hold
+//!   the whole value of the key over the segment's records below `upto_offset` (set semantics, DESIGN.md
+//!   §4). A write replaces a stored row only when its `upto_offset` is larger, and is dropped when the
+//!   segment has a recorded seal ending before its `upto_offset`: no row ever counts records past its
+//!   segment's seal, whatever an earlier run with other segment limits or a zombie member tries to write.
+//!   [`ViewStore::finalize_segment`] removes rows written past a seal before it was recorded.
+//! - a **seal** is recorded first-writer-wins: [`ViewStore::record_seal`] returns the seal that is recorded.
+//! - **batch writes are fenced**: each takes the [`Lease`] of the run and fails with [`Error::Fenced`] once
+//!   another run has taken the lease over (or it expired), atomically with the write itself. Generation
+//!   numbers come from [`ViewStore::allocate_generation`] and are never reused; a published generation's
+//!   rows are never rewritten and the current one is never deleted.
+//! - publishing a **manifest** is a single write, the switch to its generation (DESIGN.md §5).
 
 mod sqlite;
 
@@ -40,15 +49,16 @@ pub struct SpeedRow {
     pub segment_start: i64,
     /// Offset after the last record this value includes.
     pub upto_offset: i64,
-    /// One value per view metric: counts, or sums in micro-units.
-    pub metrics: Vec<i64>,
+    /// One value per view metric: counts, or sums in micro-units ([`crate::decimal`]).
+    pub metrics: Vec<i128>,
 }
 
 /// A batch row of one generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchRow {
     pub key: ViewKey,
-    pub metrics: Vec<i64>,
+    /// As [`SpeedRow::metrics`].
+    pub metrics: Vec<i128>,
 }
 
 /// A sealed segment `[start, end)` of one partition.
@@ -59,12 +69,25 @@ pub struct Seal {
     pub end: i64,
 }
 
+/// How far a partition's cutoff has got, for stall detection (`/healthz`, DESIGN.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutoffProgress {
+    /// When the cutoff last moved (or was first published).
+    pub moved_at: DateTime<Utc>,
+    /// The partition's log end (high watermark) seen by the run that moved it; -1 when unknown.
+    pub log_end_then: i64,
+}
+
 /// What a batch run published (DESIGN.md §5 step 4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub generation: i64,
-    /// C[p] per partition: the batch view holds exactly the records with `offset < C[p]`.
+    /// C[p] per partition: the batch view holds exactly the records with `archive_starts[p] <= offset < C[p]`.
     pub cutoffs: BTreeMap<i32, i64>,
+    /// Where each partition's archive coverage begins; every later run must find the archive contiguous from
+    /// here, or it refuses to publish (a lost range is read again from Kafka by the archiver, or reported).
+    #[serde(default)]
+    pub archive_starts: BTreeMap<i32, i64>,
     /// Rows written per `view/granularity`.
     pub rows: BTreeMap<String, u64>,
     /// Archive records below the cutoffs.
@@ -73,8 +96,17 @@ pub struct Manifest {
     pub repeated_records_removed: u64,
     /// Events dropped because their dedup key was already seen (the event was produced more than once).
     pub duplicates_removed: u64,
+    /// Records whose named dedup key was missing, null or empty: each counted as its own event.
+    #[serde(default)]
+    pub records_without_dedup_key: u64,
     /// Problems that held a cutoff back (an archive gap, an archive that begins too late).
     pub cutoff_notes: Vec<String>,
+    /// Each partition's log end (high watermark) when the run started; empty when Kafka was unreachable.
+    #[serde(default)]
+    pub log_ends: BTreeMap<i32, i64>,
+    /// When each cutoff last moved, and the log end then.
+    #[serde(default)]
+    pub cutoff_progress: BTreeMap<i32, CutoffProgress>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
 }
@@ -86,21 +118,42 @@ pub struct RowQuery {
     pub granularity: Granularity,
     pub from: Option<i64>,
     pub to: Option<i64>,
+    /// Return at most this many rows (the store stops reading there); `None` = all.
+    pub limit: Option<usize>,
 }
 
-/// The view store. Every method is atomic on its own; errors are [`Error::Store`] (see `is_retryable`).
+impl RowQuery {
+    /// Every row of `view` at `granularity`.
+    pub fn all(view: &str, granularity: Granularity) -> Self {
+        RowQuery { view: view.to_owned(), granularity, from: None, to: None, limit: None }
+    }
+}
+
+/// A held lease: its name, the holder, and the fencing token of this acquisition. Tokens of one lease name
+/// only grow, each acquisition taking a new one; a write fenced by a lease succeeds only while the lease
+/// still carries this holder and token and has not expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub token: i64,
+}
+
+/// The view store. Every method is atomic on its own; errors are [`Error::Store`] (see `is_retryable`),
+/// [`Error::Fenced`] for a fenced write whose lease is gone, [`Error::StoreRefused`] for a write the
+/// contract forbids.
 #[async_trait]
 pub trait ViewStore: Send + Sync + std::fmt::Debug {
-    /// Writes speed rows; each replaces a stored row of the same key only if its `upto_offset` is larger.
-    async fn upsert_speed_rows(&self, rows: &[SpeedRow]) -> Result<()>;
+    /// Writes speed rows of open segments of `topic`. Each replaces a stored row of the same key only if its
+    /// `upto_offset` is larger, and is dropped if its segment has a recorded seal that ends before its
+    /// `upto_offset` (a zombie or an earlier run writing past the seal).
+    async fn upsert_speed_rows(&self, topic: &str, rows: &[SpeedRow]) -> Result<()>;
+    /// Makes a sealed segment's rows final, in one transaction: deletes the segment's rows whose
+    /// `upto_offset` is past `seal.end` (written before the seal was recorded, by an earlier run with larger
+    /// limits or a zombie), then upserts `rows` (every cell of the segment, `upto_offset = seal.end`).
+    async fn finalize_segment(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<()>;
     /// Speed rows matching `query`, every segment.
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>>;
-    /// Deletes the rows of segment (`partition`, `segment_start`) written past `upto_offset`
-    /// (a consumer that lost a seal race drops what it wrote beyond the recorded end). Returns rows deleted.
-    async fn delete_speed_rows_after(&self, partition: i32, segment_start: i64, upto_offset: i64) -> Result<u64>;
-    /// Deletes the speed rows of segments below the cutoffs (`segment_start < cutoffs[p]`, i.e. segments
-    /// ending at or below the cutoff, as cutoffs are seal ends). Returns rows deleted.
-    async fn delete_absorbed_speed_rows(&self, cutoffs: &BTreeMap<i32, i64>) -> Result<u64>;
 
     /// Records `seal` unless a seal for the same (topic, partition, start) exists; returns the recorded one.
     async fn record_seal(&self, topic: &str, seal: Seal) -> Result<Seal>;
@@ -108,27 +161,43 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug {
     async fn seal_at(&self, topic: &str, partition: i32, start: i64) -> Result<Option<Seal>>;
     /// Every recorded seal of `topic`, ordered by partition then start.
     async fn seals(&self, topic: &str) -> Result<Vec<Seal>>;
+    /// The seals of `topic` starting at or after `from[p]` (every seal of partitions not in `from`),
+    /// ordered by partition then start: what a batch run reads past the published cutoffs.
+    async fn seals_from(&self, topic: &str, from: &BTreeMap<i32, i64>) -> Result<Vec<Seal>>;
+    /// Deletes, for each partition, the speed rows of segments starting below `cutoffs[p]` and the seals of
+    /// `topic` starting below it (segments the batch absorbed). Fenced. Returns (rows, seals) deleted.
+    async fn delete_absorbed(&self, fence: &Lease, topic: &str, cutoffs: &BTreeMap<i32, i64>) -> Result<(u64, u64)>;
 
-    /// Deletes every row of `generation` (a crashed run's leftovers, or an expired generation).
-    async fn delete_generation(&self, generation: i64) -> Result<()>;
-    /// Appends batch rows to `generation` (not visible to readers until its manifest is published).
-    async fn write_batch_rows(&self, generation: i64, rows: &[BatchRow]) -> Result<()>;
+    /// A new generation number, larger than every number handed out or published before. Fenced.
+    async fn allocate_generation(&self, fence: &Lease) -> Result<i64>;
+    /// Deletes every row of `generation` (a crashed run's leftovers, or an expired generation). Fenced;
+    /// refuses the current manifest's generation.
+    async fn delete_generation(&self, fence: &Lease, generation: i64) -> Result<()>;
+    /// Appends batch rows to `generation` (not visible to readers until its manifest is published). Fenced;
+    /// refuses a published generation.
+    async fn write_batch_rows(&self, fence: &Lease, generation: i64, rows: &[BatchRow]) -> Result<()>;
     /// Batch rows of `generation` matching `query`.
     async fn batch_rows(&self, generation: i64, query: &RowQuery) -> Result<Vec<BatchRow>>;
     /// Generations that hold batch rows, ascending.
     async fn generations(&self) -> Result<Vec<i64>>;
+    /// Generations that have a manifest (published and not yet expired), ascending.
+    async fn published_generations(&self) -> Result<Vec<i64>>;
 
-    /// Publishes `manifest`: one write that switches readers to its generation.
-    async fn publish_manifest(&self, manifest: &Manifest) -> Result<()>;
+    /// Publishes `manifest`: one write that switches readers to its generation. Fenced; refuses a
+    /// generation that is not above the current one.
+    async fn publish_manifest(&self, fence: &Lease, manifest: &Manifest) -> Result<()>;
     /// The manifest with the highest generation.
     async fn current_manifest(&self) -> Result<Option<Manifest>>;
-    /// Deletes manifests of generations below `generation`.
-    async fn delete_manifests_before(&self, generation: i64) -> Result<()>;
+    /// Deletes manifests of generations below `generation`. Fenced.
+    async fn delete_manifests_before(&self, fence: &Lease, generation: i64) -> Result<()>;
 
-    /// Takes or renews lease `name` for `holder` until now + `ttl`; false when another holder has it.
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool>;
-    /// Releases lease `name` if `holder` has it.
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+    /// Takes lease `name` for `holder` until now + `ttl` if it is free or expired, with a new fencing token;
+    /// `None` when another holder has it.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>>;
+    /// Extends `lease` to now + `ttl`; false when it was lost (taken over, or expired).
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool>;
+    /// Releases `lease` if still held (it expires at once; its token is kept so tokens keep growing).
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
 
     /// Cheap round trip for health checks.
     async fn ping(&self) -> Result<()>;
@@ -149,7 +218,7 @@ pub fn encode_dims(dims: &[Option<String>]) -> String {
     serde_json::to_string(dims).expect("strings serialize")
 }
 
-/// JSON text of metric values: `[312,12345670000]`.
-pub fn encode_metrics(metrics: &[i64]) -> String {
+/// JSON text of metric values: `[312,12345670000]` (128-bit integers, written exactly).
+pub fn encode_metrics(metrics: &[i128]) -> String {
     serde_json::to_string(metrics).expect("integers serialize")
 }

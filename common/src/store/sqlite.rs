@@ -1,4 +1,12 @@
 //! SQLite backend of the view store (sqlx): the embedded default, one file in WAL mode.
+//!
+//! Durability: every connection runs with `synchronous = FULL`, so a statement that returns has reached the
+//! disk. In WAL mode `NORMAL` only syncs at checkpoints, and a seal lost in an OS crash after its Kafka
+//! commit would leave the committed offset pointing past a segment nobody can re-seal the same way.
+//!
+//! Fencing: a fenced write runs in a transaction whose first statement touches the lease row
+//! (`UPDATE leases ... WHERE holder = ? AND token = ? AND expires_at_ms >= now`); that takes SQLite's write
+//! lock, so the lease cannot change between the check and the write.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -6,9 +14,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{encode_dims, encode_metrics, BatchRow, Manifest, RowQuery, Seal, SpeedRow, ViewKey, ViewStore};
+use super::{encode_dims, encode_metrics, BatchRow, Lease, Manifest, RowQuery, Seal, SpeedRow, ViewKey, ViewStore};
 use crate::error::{Error, Result};
 
 /// Rows per multi-row INSERT (8 binds each stays far below SQLite's 32766-parameter limit).
@@ -51,7 +59,12 @@ CREATE TABLE IF NOT EXISTS manifests (
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
-    expires_at_ms INTEGER NOT NULL
+    expires_at_ms INTEGER NOT NULL,
+    token INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
 );
 "#;
 
@@ -65,14 +78,20 @@ fn err(table: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |source| Error::Store { table, source }
 }
 
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 impl SqliteStore {
-    /// Opens (creating if missing, with its parent directory) the database at `url` (`sqlite://path`).
+    /// Opens (creating if missing, with its parent directory) the database at `url` (`sqlite://path`), and
+    /// brings its schema up to date (tables created, the lease token column and the generation counter
+    /// added to a store made by an earlier version).
     pub async fn open(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(err("open"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .row_buffer_size(8192);
         if let Some(parent) = options.get_filename().parent() {
@@ -82,6 +101,23 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(err("open"))?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(err("schema"))?;
+        let lease_columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('leases')")
+            .fetch_all(&pool)
+            .await
+            .map_err(err("schema"))?;
+        if !lease_columns.iter().any(|c| c == "token") {
+            sqlx::query("ALTER TABLE leases ADD COLUMN token INTEGER NOT NULL DEFAULT 0")
+                .execute(&pool)
+                .await
+                .map_err(err("schema"))?;
+        }
+        sqlx::query(
+            "INSERT OR IGNORE INTO counters (name, value) VALUES ('generation', \
+             max((SELECT coalesce(max(generation), 0) FROM manifests), (SELECT coalesce(max(generation), 0) FROM batch_rows)))",
+        )
+        .execute(&pool)
+        .await
+        .map_err(err("schema"))?;
         Ok(SqliteStore { pool })
     }
 
@@ -103,8 +139,65 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// Begins a transaction that holds SQLite's write lock and has checked `fence` (see the module docs).
+    async fn fenced(&self, fence: &Lease, table: &'static str) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        let mut tx = self.pool.begin().await.map_err(err(table))?;
+        let held = sqlx::query(
+            "UPDATE leases SET token = token WHERE name = ? AND holder = ? AND token = ? AND expires_at_ms >= ?",
+        )
+        .bind(&fence.name)
+        .bind(&fence.holder)
+        .bind(fence.token)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(err("leases"))?;
+        if held.rows_affected() != 1 {
+            return Err(Error::Fenced { name: fence.name.clone(), holder: fence.holder.clone(), token: fence.token });
+        }
+        Ok(tx)
+    }
 }
 
+/// The current (highest published) generation, 0 when none.
+async fn current_generation(conn: &mut SqliteConnection) -> Result<i64> {
+    sqlx::query_scalar("SELECT coalesce(max(generation), 0) FROM manifests")
+        .fetch_one(conn)
+        .await
+        .map_err(err("manifests"))
+}
+
+/// Upserts `rows` under the speed-row rules: a larger `upto_offset` replaces, and nothing is written past
+/// a recorded seal of the row's segment.
+async fn upsert_speed(conn: &mut SqliteConnection, topic: &str, rows: &[SpeedRow]) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO speed_rows (view, granularity, bucket_start, dims, kafka_partition, segment_start, upto_offset, metrics) \
+             SELECT * FROM (",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.key.view.clone())
+                .push_bind(r.key.granularity.as_str())
+                .push_bind(r.key.bucket_start)
+                .push_bind(encode_dims(&r.key.dims))
+                .push_bind(r.partition)
+                .push_bind(r.segment_start)
+                .push_bind(r.upto_offset)
+                .push_bind(encode_metrics(&r.metrics));
+        });
+        qb.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM seals s WHERE s.topic = ").push_bind(topic.to_owned()).push(
+            " AND s.kafka_partition = v.column5 AND s.start_offset = v.column6 AND s.end_offset < v.column7) \
+                 ON CONFLICT (view, granularity, bucket_start, dims, kafka_partition, segment_start) DO UPDATE SET \
+                 upto_offset = excluded.upto_offset, metrics = excluded.metrics \
+                 WHERE excluded.upto_offset > speed_rows.upto_offset",
+        );
+        qb.build().execute(&mut *conn).await.map_err(err("speed_rows"))?;
+    }
+    Ok(())
+}
+
+/// `WHERE` conditions of a range read (the caller wrote `WHERE`).
 fn push_range(qb: &mut QueryBuilder<'_, Sqlite>, query: &RowQuery) {
     qb.push(" view = ").push_bind(query.view.clone());
     qb.push(" AND granularity = ").push_bind(query.granularity.as_str());
@@ -114,46 +207,43 @@ fn push_range(qb: &mut QueryBuilder<'_, Sqlite>, query: &RowQuery) {
     if let Some(to) = query.to {
         qb.push(" AND bucket_start < ").push_bind(to);
     }
+    if let Some(limit) = query.limit {
+        qb.push(" LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
 }
 
 #[async_trait]
 impl ViewStore for SqliteStore {
-    async fn upsert_speed_rows(&self, rows: &[SpeedRow]) -> Result<()> {
+    async fn upsert_speed_rows(&self, topic: &str, rows: &[SpeedRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO speed_rows (view, granularity, bucket_start, dims, kafka_partition, segment_start, upto_offset, metrics) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.key.view.clone())
-                    .push_bind(r.key.granularity.as_str())
-                    .push_bind(r.key.bucket_start)
-                    .push_bind(encode_dims(&r.key.dims))
-                    .push_bind(r.partition)
-                    .push_bind(r.segment_start)
-                    .push_bind(r.upto_offset)
-                    .push_bind(encode_metrics(&r.metrics));
-            });
-            qb.push(
-                " ON CONFLICT (view, granularity, bucket_start, dims, kafka_partition, segment_start) DO UPDATE SET \
-                 upto_offset = excluded.upto_offset, metrics = excluded.metrics \
-                 WHERE excluded.upto_offset > speed_rows.upto_offset",
-            );
-            qb.build().execute(&mut *tx).await.map_err(err("speed_rows"))?;
-        }
+        upsert_speed(&mut tx, topic, rows).await?;
+        tx.commit().await.map_err(err("speed_rows"))
+    }
+
+    async fn finalize_segment(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
+        sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start = ? AND upto_offset > ?")
+            .bind(seal.partition)
+            .bind(seal.start)
+            .bind(seal.end)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("speed_rows"))?;
+        upsert_speed(&mut tx, topic, rows).await?;
         tx.commit().await.map_err(err("speed_rows"))
     }
 
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>> {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "SELECT json_group_array(json_array(bucket_start, json(dims), kafka_partition, segment_start, upto_offset, \
-             json(metrics))) FROM speed_rows WHERE",
+             json(metrics))) FROM (SELECT * FROM speed_rows WHERE",
         );
         push_range(&mut qb, query);
-        type Packed = (i64, Vec<Option<String>>, i32, i64, i64, Vec<i64>);
+        qb.push(")");
+        type Packed = (i64, Vec<Option<String>>, i32, i64, i64, Vec<i128>);
         let rows: Vec<Packed> = self.fetch_packed(qb, "speed_rows").await?;
         Ok(rows
             .into_iter()
@@ -165,34 +255,6 @@ impl ViewStore for SqliteStore {
                 metrics,
             })
             .collect())
-    }
-
-    async fn delete_speed_rows_after(&self, partition: i32, segment_start: i64, upto_offset: i64) -> Result<u64> {
-        let done =
-            sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start = ? AND upto_offset > ?")
-                .bind(partition)
-                .bind(segment_start)
-                .bind(upto_offset)
-                .execute(&self.pool)
-                .await
-                .map_err(err("speed_rows"))?;
-        Ok(done.rows_affected())
-    }
-
-    async fn delete_absorbed_speed_rows(&self, cutoffs: &BTreeMap<i32, i64>) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
-        let mut deleted = 0;
-        for (&partition, &cutoff) in cutoffs {
-            let done = sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start < ?")
-                .bind(partition)
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await
-                .map_err(err("speed_rows"))?;
-            deleted += done.rows_affected();
-        }
-        tx.commit().await.map_err(err("speed_rows"))?;
-        Ok(deleted)
     }
 
     async fn record_seal(&self, topic: &str, seal: Seal) -> Result<Seal> {
@@ -222,13 +284,22 @@ impl ViewStore for SqliteStore {
     }
 
     async fn seals(&self, topic: &str) -> Result<Vec<Seal>> {
-        let rows = sqlx::query(
-            "SELECT kafka_partition, start_offset, end_offset FROM seals WHERE topic = ? ORDER BY kafka_partition, start_offset",
-        )
-        .bind(topic)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err("seals"))?;
+        self.seals_from(topic, &BTreeMap::new()).await
+    }
+
+    async fn seals_from(&self, topic: &str, from: &BTreeMap<i32, i64>) -> Result<Vec<Seal>> {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("SELECT kafka_partition, start_offset, end_offset FROM seals WHERE topic = ");
+        qb.push_bind(topic.to_owned());
+        if !from.is_empty() {
+            qb.push(" AND start_offset >= CASE kafka_partition");
+            for (&partition, &start) in from {
+                qb.push(" WHEN ").push_bind(partition).push(" THEN ").push_bind(start);
+            }
+            qb.push(" ELSE start_offset END");
+        }
+        qb.push(" ORDER BY kafka_partition, start_offset");
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(err("seals"))?;
         Ok(rows
             .iter()
             .map(|r| Seal {
@@ -239,17 +310,72 @@ impl ViewStore for SqliteStore {
             .collect())
     }
 
-    async fn delete_generation(&self, generation: i64) -> Result<()> {
-        sqlx::query("DELETE FROM batch_rows WHERE generation = ?")
-            .bind(generation)
-            .execute(&self.pool)
-            .await
-            .map_err(err("batch_rows"))?;
-        Ok(())
+    async fn delete_absorbed(&self, fence: &Lease, topic: &str, cutoffs: &BTreeMap<i32, i64>) -> Result<(u64, u64)> {
+        let mut tx = self.fenced(fence, "speed_rows").await?;
+        let (mut rows, mut seals) = (0, 0);
+        for (&partition, &cutoff) in cutoffs {
+            let done = sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start < ?")
+                .bind(partition)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("speed_rows"))?;
+            rows += done.rows_affected();
+            let done = sqlx::query("DELETE FROM seals WHERE topic = ? AND kafka_partition = ? AND start_offset < ?")
+                .bind(topic)
+                .bind(partition)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("seals"))?;
+            seals += done.rows_affected();
+        }
+        tx.commit().await.map_err(err("speed_rows"))?;
+        Ok((rows, seals))
     }
 
-    async fn write_batch_rows(&self, generation: i64, rows: &[BatchRow]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(err("batch_rows"))?;
+    async fn allocate_generation(&self, fence: &Lease) -> Result<i64> {
+        let mut tx = self.fenced(fence, "counters").await?;
+        let generation: i64 = sqlx::query_scalar(
+            "UPDATE counters SET value = max(value, (SELECT coalesce(max(generation), 0) FROM manifests)) + 1 \
+             WHERE name = 'generation' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err("counters"))?;
+        tx.commit().await.map_err(err("counters"))?;
+        Ok(generation)
+    }
+
+    async fn delete_generation(&self, fence: &Lease, generation: i64) -> Result<()> {
+        let mut tx = self.fenced(fence, "batch_rows").await?;
+        if current_generation(&mut tx).await? == generation {
+            return Err(Error::StoreRefused {
+                table: "batch_rows",
+                message: format!("generation {generation} is the published one; it is never deleted"),
+            });
+        }
+        sqlx::query("DELETE FROM batch_rows WHERE generation = ?")
+            .bind(generation)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("batch_rows"))?;
+        tx.commit().await.map_err(err("batch_rows"))
+    }
+
+    async fn write_batch_rows(&self, fence: &Lease, generation: i64, rows: &[BatchRow]) -> Result<()> {
+        let mut tx = self.fenced(fence, "batch_rows").await?;
+        let published: Option<i64> = sqlx::query_scalar("SELECT generation FROM manifests WHERE generation = ?")
+            .bind(generation)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err("manifests"))?;
+        if published.is_some() {
+            return Err(Error::StoreRefused {
+                table: "batch_rows",
+                message: format!("generation {generation} is published; its rows are never rewritten"),
+            });
+        }
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO batch_rows (generation, view, granularity, bucket_start, dims, metrics) ",
@@ -269,12 +395,13 @@ impl ViewStore for SqliteStore {
 
     async fn batch_rows(&self, generation: i64, query: &RowQuery) -> Result<Vec<BatchRow>> {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT json_group_array(json_array(bucket_start, json(dims), json(metrics))) FROM batch_rows \
-             WHERE generation = ",
+            "SELECT json_group_array(json_array(bucket_start, json(dims), json(metrics))) FROM \
+             (SELECT * FROM batch_rows WHERE generation = ",
         );
         qb.push_bind(generation).push(" AND");
         push_range(&mut qb, query);
-        let rows: Vec<(i64, Vec<Option<String>>, Vec<i64>)> = self.fetch_packed(qb, "batch_rows").await?;
+        qb.push(")");
+        let rows: Vec<(i64, Vec<Option<String>>, Vec<i128>)> = self.fetch_packed(qb, "batch_rows").await?;
         Ok(rows
             .into_iter()
             .map(|(bucket_start, dims, metrics)| BatchRow {
@@ -292,15 +419,30 @@ impl ViewStore for SqliteStore {
         Ok(rows.iter().map(|r| r.get("generation")).collect())
     }
 
-    async fn publish_manifest(&self, manifest: &Manifest) -> Result<()> {
+    async fn published_generations(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT generation FROM manifests ORDER BY generation")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("manifests"))
+    }
+
+    async fn publish_manifest(&self, fence: &Lease, manifest: &Manifest) -> Result<()> {
         let body = serde_json::to_string(manifest).expect("manifest serializes");
+        let mut tx = self.fenced(fence, "manifests").await?;
+        let current = current_generation(&mut tx).await?;
+        if manifest.generation <= current {
+            return Err(Error::StoreRefused {
+                table: "manifests",
+                message: format!("generation {} is not above the published generation {current}", manifest.generation),
+            });
+        }
         sqlx::query("INSERT INTO manifests (generation, body) VALUES (?, ?)")
             .bind(manifest.generation)
             .bind(body)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(err("manifests"))?;
-        Ok(())
+        tx.commit().await.map_err(err("manifests"))
     }
 
     async fn current_manifest(&self) -> Result<Option<Manifest>> {
@@ -315,25 +457,42 @@ impl ViewStore for SqliteStore {
         .transpose()
     }
 
-    async fn delete_manifests_before(&self, generation: i64) -> Result<()> {
+    async fn delete_manifests_before(&self, fence: &Lease, generation: i64) -> Result<()> {
+        let mut tx = self.fenced(fence, "manifests").await?;
         sqlx::query("DELETE FROM manifests WHERE generation < ?")
             .bind(generation)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(err("manifests"))?;
-        Ok(())
+        tx.commit().await.map_err(err("manifests"))
     }
 
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let done = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at_ms) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
-             WHERE leases.expires_at_ms < ? OR leases.holder = excluded.holder",
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {
+        let now = now_ms();
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (name, holder, expires_at_ms, token) VALUES (?, ?, ?, 1) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms, \
+             token = leases.token + 1 WHERE leases.expires_at_ms < ? RETURNING token",
         )
         .bind(name)
         .bind(holder)
-        .bind(now + ttl.as_millis() as i64)
+        .bind(now.saturating_add(ttl.as_millis().try_into().unwrap_or(i64::MAX)))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err("leases"))?;
+        Ok(token.map(|token| Lease { name: name.to_owned(), holder: holder.to_owned(), token }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE leases SET expires_at_ms = ? WHERE name = ? AND holder = ? AND token = ? AND expires_at_ms >= ?",
+        )
+        .bind(now.saturating_add(ttl.as_millis().try_into().unwrap_or(i64::MAX)))
+        .bind(&lease.name)
+        .bind(&lease.holder)
+        .bind(lease.token)
         .bind(now)
         .execute(&self.pool)
         .await
@@ -341,10 +500,11 @@ impl ViewStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        sqlx::query("DELETE FROM leases WHERE name = ? AND holder = ?")
-            .bind(name)
-            .bind(holder)
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        sqlx::query("UPDATE leases SET expires_at_ms = 0 WHERE name = ? AND holder = ? AND token = ?")
+            .bind(&lease.name)
+            .bind(&lease.holder)
+            .bind(lease.token)
             .execute(&self.pool)
             .await
             .map_err(err("leases"))?;

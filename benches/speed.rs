@@ -208,7 +208,10 @@ async fn core_run(config: &Config, messages: &[Outgoing]) -> Result<(f64, f64, u
             let rows = segment.take_dirty_rows(&views, end);
             written += rows.len() as u64;
             store.upsert_speed_rows("events", &rows).await?;
-            store.record_seal("events", Seal { partition: 0, start: segment.start, end }).await?;
+            store
+                .record_seal("events", Seal { partition: 0, start: segment.start, end })
+                .await?
+                .context("seal refused")?;
             segment = Segment::open(0, end, None);
         } else if offset % 256 == 0 && last_flush.elapsed() >= flush {
             let rows = segment.take_dirty_rows(&views, segment.position);

@@ -17,7 +17,8 @@ use crate::archive::ArchiveFile;
 /// What a run will use, and what held it back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// C[p]; partitions without any seal and no published cutoff get no entry (cutoff 0).
+    /// C[p], for partitions whose batch view has begun (a cutoff and an archive start); the others get no
+    /// entry, which the merge reads as 0 ("not seen by the batch", DESIGN.md §5).
     pub cutoffs: BTreeMap<i32, i64>,
     /// Where each partition's batch view begins (records at `archive_starts[p] <= offset < C[p]`).
     pub archive_starts: BTreeMap<i32, i64>,
@@ -30,13 +31,16 @@ pub struct Plan {
 
 /// The cutoffs from `seals` (those at or past the published cutoffs) and the archive `files`.
 /// `published` and `starts` are the current manifest's cutoffs and archive starts (empty before the first
-/// run).
+/// run). A published cutoff of 0 (written by earlier versions for a partition the batch had not begun) is
+/// read as none. A published cutoff without a recorded archive start (a manifest of an earlier version)
+/// requires the archive to be contiguous from its first file.
 pub fn compute(
     seals: &[Seal],
     files: &BTreeMap<i32, Vec<ArchiveFile>>,
     published: &BTreeMap<i32, i64>,
     starts: &BTreeMap<i32, i64>,
 ) -> Plan {
+    let published: BTreeMap<i32, i64> = published.iter().filter(|(_, &c)| c > 0).map(|(&p, &c)| (p, c)).collect();
     let mut by_partition: BTreeMap<i32, Vec<Seal>> = published.keys().map(|&p| (p, Vec::new())).collect();
     for s in seals {
         by_partition.entry(s.partition).or_default().push(*s);
@@ -64,9 +68,10 @@ pub fn compute(
 
         // The archive's contiguous coverage from the partition's archive start.
         let pfiles = files.get(&partition).unwrap_or(&empty);
-        let archive_start = match starts.get(&partition) {
-            Some(&start) => Some(start),
-            None => run_start(pfiles, chain_start).or_else(|| {
+        let archive_start = match (starts.get(&partition), previous) {
+            (Some(&start), _) => Some(start),
+            (None, Some(_)) => Some(pfiles.first().map_or(0, |f| f.first)),
+            (None, None) => run_start(pfiles, chain_start).or_else(|| {
                 if let Some(f) = pfiles.iter().find(|f| f.first > chain_start) {
                     plan.notes.push(format!(
                         "partition {partition}: archive begins at offset {} after the first segment start {chain_start}",
@@ -91,10 +96,11 @@ pub fn compute(
             let to = pfiles.iter().map(|f| f.first).filter(|&f| f > covered).min().unwrap_or(previous).min(previous);
             plan.lost.push((partition, covered, to));
         }
+        // a partition's batch view begins with its first cutoff past 0, and only with an archive start
         if let Some(start) = archive_start.filter(|_| cutoff > 0) {
             plan.archive_starts.insert(partition, start);
+            plan.cutoffs.insert(partition, cutoff);
         }
-        plan.cutoffs.insert(partition, cutoff);
     }
     plan
 }
@@ -157,7 +163,7 @@ mod tests {
         let seals = [seal(0, 0, 100), seal(0, 100, 250), seal(0, 250, 300), seal(1, 0, 40)];
         let plan = first_run(&seals, &files(&[(0, 0, 120), (0, 120, 260), (1, 0, 10)]));
         assert_eq!(plan.cutoffs[&0], 250, "300 is not archived yet");
-        assert_eq!(plan.cutoffs[&1], 0, "archive of partition 1 ends before the first seal end");
+        assert_eq!(plan.cutoffs.get(&1), None, "archive of partition 1 ends before the first seal end: not begun");
         assert_eq!(plan.archive_starts, BTreeMap::from([(0, 0)]), "a start is fixed once a cutoff is published");
         assert!(plan.notes.is_empty() && plan.lost.is_empty(), "{plan:?}");
     }
@@ -170,12 +176,37 @@ mod tests {
         assert!(plan.notes[0].contains("archive gap at offsets 150..160"), "{plan:?}");
 
         let plan = first_run(&seals, &files(&[(0, 5, 400)]));
-        assert_eq!(plan.cutoffs[&0], 0);
+        assert_eq!(plan.cutoffs.get(&0), None);
         assert!(plan.notes[0].contains("archive begins at offset 5"), "{plan:?}");
 
         let plan = first_run(&[seal(0, 0, 100), seal(0, 150, 200)], &files(&[(0, 0, 400)]));
         assert_eq!(plan.cutoffs[&0], 100);
         assert!(plan.notes[0].contains("no seal for offsets 100..150"), "{plan:?}");
+    }
+
+    /// Review finding: a first run before the archive holds the first segment must not publish a cutoff of
+    /// 0, or every later run would chain from 0 where no seal starts, and the cutoff would never move.
+    #[test]
+    fn a_partition_the_batch_has_not_begun_catches_up_later() {
+        let seals = [seal(0, 57, 107), seal(0, 107, 200)];
+        let early = first_run(&seals, &files(&[(0, 0, 30)]));
+        assert!(early.cutoffs.is_empty() && early.archive_starts.is_empty(), "{early:?}");
+        // what an earlier version published: cutoff 0 and no archive start
+        let later =
+            compute(&seals, &files(&[(0, 40, 150), (0, 150, 220)]), &BTreeMap::from([(0, 0)]), &BTreeMap::new());
+        assert_eq!((later.cutoffs.get(&0), later.archive_starts.get(&0)), (Some(&200), Some(&40)), "{later:?}");
+    }
+
+    /// A manifest of an earlier version (a cutoff, no archive start): the archive must be contiguous from its
+    /// first file, or the lost range is reported.
+    #[test]
+    fn a_cutoff_without_an_archive_start_requires_the_whole_archive() {
+        let published = BTreeMap::from([(0, 300)]);
+        let holed = compute(&[], &files(&[(0, 0, 100), (0, 150, 400)]), &published, &BTreeMap::new());
+        assert_eq!(holed.lost, vec![(0, 100, 150)], "{holed:?}");
+        let whole = compute(&[seal(0, 300, 350)], &files(&[(0, 0, 100), (0, 100, 400)]), &published, &BTreeMap::new());
+        assert!(whole.lost.is_empty());
+        assert_eq!((whole.cutoffs[&0], whole.archive_starts[&0]), (350, 0));
     }
 
     #[test]

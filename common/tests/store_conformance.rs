@@ -81,7 +81,7 @@ async fn no_speed_row_outlives_its_seal(store: &dyn ViewStore) {
     store.upsert_speed_rows(T, &long).await.unwrap();
     store.upsert_speed_rows(T, &[speed(0, 0, 0, 100, 100)]).await.unwrap();
     // this run seals [100, 200): its rows replace the longer ones, which are deleted, cells included
-    let seal = store.record_seal(T, Seal { partition: 0, start: 100, end: 200 }).await.unwrap();
+    let seal = store.record_seal(T, Seal { partition: 0, start: 100, end: 200 }).await.unwrap().unwrap();
     store.finalize_segment(T, seal, &[speed(0, 0, 100, 200, 100)]).await.unwrap();
     let rows = store.speed_rows(&all()).await.unwrap();
     assert_eq!(rows, vec![speed(0, 0, 0, 100, 100), speed(0, 0, 100, 200, 100)]);
@@ -101,8 +101,8 @@ async fn no_speed_row_outlives_its_seal(store: &dyn ViewStore) {
 async fn seals_are_first_writer_wins(store: &dyn ViewStore) {
     assert_eq!(store.seal_at(T, 0, 0).await.unwrap(), None);
     let first = Seal { partition: 0, start: 0, end: 100 };
-    assert_eq!(store.record_seal(T, first).await.unwrap(), first);
-    assert_eq!(store.record_seal(T, Seal { end: 90, ..first }).await.unwrap(), first, "the first seal stays");
+    assert_eq!(store.record_seal(T, first).await.unwrap(), Some(first));
+    assert_eq!(store.record_seal(T, Seal { end: 90, ..first }).await.unwrap(), Some(first), "the first seal stays");
     store.record_seal(T, Seal { partition: 0, start: 100, end: 180 }).await.unwrap();
     store.record_seal(T, Seal { partition: 1, start: 0, end: 5 }).await.unwrap();
     store.record_seal(T, Seal { partition: 2, start: 7, end: 9 }).await.unwrap();
@@ -116,6 +116,26 @@ async fn seals_are_first_writer_wins(store: &dyn ViewStore) {
     // a batch run reads only the seals past the published cutoffs (all of partitions it has not seen)
     let from = store.seals_from(T, &BTreeMap::from([(0, 100), (1, 5)])).await.unwrap();
     assert_eq!(from.iter().map(|s| (s.partition, s.start)).collect::<Vec<_>>(), vec![(0, 100), (2, 7)]);
+}
+
+/// Below the published cutoff no new seal is recorded (the seals there may be pruned; a member that lags or
+/// a zombie must not start a segment off the chain): the caller learns it and resumes at the cutoff.
+async fn no_new_seal_below_the_published_cutoff(store: &dyn ViewStore) {
+    let fence = lease(store).await;
+    store.record_seal(T, Seal { partition: 0, start: 0, end: 100 }).await.unwrap();
+    let generation = store.allocate_generation(&fence).await.unwrap();
+    let published = Manifest { cutoffs: BTreeMap::from([(0, 200)]), ..manifest(generation) };
+    store.publish_manifest(&fence, &published).await.unwrap();
+    assert_eq!(store.record_seal(T, Seal { partition: 0, start: 150, end: 260 }).await.unwrap(), None);
+    assert_eq!(store.seal_at(T, 0, 150).await.unwrap(), None, "nothing recorded");
+    assert_eq!(
+        store.record_seal(T, Seal { partition: 0, start: 0, end: 50 }).await.unwrap(),
+        Some(Seal { partition: 0, start: 0, end: 100 }),
+        "a seal recorded before the cutoff passed it still answers"
+    );
+    let at = Seal { partition: 0, start: 200, end: 260 };
+    assert_eq!(store.record_seal(T, at).await.unwrap(), Some(at), "at the cutoff: recorded");
+    assert_eq!(store.record_seal(T, Seal { partition: 1, start: 5, end: 9 }).await.unwrap().map(|s| s.end), Some(9));
 }
 
 fn manifest(generation: i64) -> Manifest {
@@ -266,6 +286,7 @@ backends!(
     speed_rows_have_set_semantics,
     no_speed_row_outlives_its_seal,
     seals_are_first_writer_wins,
+    no_new_seal_below_the_published_cutoff,
     generations_and_manifests,
     the_lease_fences_every_batch_write,
     awkward_values_round_trip,
@@ -299,10 +320,12 @@ async fn sqlite_upgrades_an_earlier_schema() {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     sqlx::raw_sql(
-        "CREATE TABLE manifests (generation INTEGER PRIMARY KEY, body TEXT NOT NULL);
-         INSERT INTO manifests VALUES (41, '{}');
+        r#"CREATE TABLE manifests (generation INTEGER PRIMARY KEY, body TEXT NOT NULL);
+         INSERT INTO manifests VALUES (41, '{"generation":41,"cutoffs":{"0":300},"rows":{},"records_scanned":0,
+             "repeated_records_removed":0,"duplicates_removed":0,"cutoff_notes":[],
+             "started_at":"2026-11-21T00:00:00Z","finished_at":"2026-11-21T00:00:01Z"}');
          CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at_ms INTEGER NOT NULL);
-         INSERT INTO leases VALUES ('batch', 'old', 0);",
+         INSERT INTO leases VALUES ('batch', 'old', 0);"#,
     )
     .execute(&pool)
     .await
@@ -311,6 +334,9 @@ async fn sqlite_upgrades_an_earlier_schema() {
     let s = common::store::open(&format!("sqlite://{}", path.display())).await.unwrap();
     let fence = lease(&*s).await;
     assert_eq!(s.allocate_generation(&fence).await.unwrap(), 42);
+    let manifest = s.current_manifest().await.unwrap().unwrap();
+    assert_eq!((manifest.generation, manifest.records_without_dedup_key), (41, 0), "new fields default");
+    assert_eq!(s.record_seal(T, Seal { partition: 0, start: 200, end: 400 }).await.unwrap(), None, "cutoff 300 known");
 }
 
 /// Issue 9, item 6 (b): a seal (or any write) is durable when its statement returns, so the Kafka commit

@@ -164,23 +164,28 @@ impl SpeedLayer {
         Ok(())
     }
 
-    /// Opens the segment at the committed offset (or at the first record of a new group).
+    /// Opens the segment at the committed offset, which is always a seal end (DESIGN.md §4).
     ///
-    /// A committed offset below the published cutoff (a lost commit, a reset group) resumes at the cutoff
-    /// instead: those records are in the batch view, and their seals may have been pruned.
+    /// A committed offset below the published cutoff (a lost commit) resumes at the cutoff instead: those
+    /// records are in the batch view, and their seals may have been pruned. Without a committed offset (a
+    /// new group, a renamed or expired one) it resumes at the end of the recorded seal chain from the
+    /// cutoff, so a segment never starts off the chain; with no seal at all, at the first record.
     async fn open_partition(&self, partition: i32, epoch: u64, first_offset: i64) -> Result<PartitionState> {
         let committed = self.committed_offset(partition).await?;
-        let mut start = committed.unwrap_or(first_offset);
-        let cutoff = self.store.current_manifest().await?.and_then(|m| m.cutoffs.get(&partition).copied());
-        if let Some(cutoff) = cutoff.filter(|&c| start < c) {
+        let cutoff = self.published_cutoff(partition).await?;
+        let start = match committed {
+            Some(c) => c.max(cutoff.unwrap_or(i64::MIN)),
+            None => self.chain_end(partition, cutoff).await?.unwrap_or(first_offset),
+        };
+        if start != committed.unwrap_or(first_offset) {
             info!(
                 partition,
-                committed = start,
-                cutoff,
-                "the committed offset is below the published cutoff; resuming at the cutoff"
+                ?committed,
+                ?cutoff,
+                start,
+                "resuming at the published cutoff or the end of the seal chain"
             );
-            self.seek(partition, cutoff).await?;
-            start = cutoff;
+            self.seek(partition, start).await?;
         }
         let sealed_end = self.store.seal_at(self.topic(), partition, start).await?.map(|s| s.end);
         info!(partition, start, ?sealed_end, "replaying open segment from the committed offset");
@@ -189,6 +194,31 @@ impl SpeedLayer {
             segment: Segment::open(partition, start, sealed_end),
             last_record_at: Instant::now(),
         })
+    }
+
+    /// The published cutoff of `partition`, if the batch has one.
+    async fn published_cutoff(&self, partition: i32) -> Result<Option<i64>> {
+        Ok(self.store.current_manifest().await?.and_then(|m| m.cutoffs.get(&partition).copied()))
+    }
+
+    /// The end of the recorded seal chain of `partition` from `cutoff` (from its first seal without a
+    /// cutoff); `cutoff` itself when no seal starts there; `None` without either.
+    async fn chain_end(&self, partition: i32, cutoff: Option<i64>) -> Result<Option<i64>> {
+        let from = std::collections::BTreeMap::from([(partition, cutoff.unwrap_or(i64::MIN))]);
+        let seals: Vec<Seal> = self
+            .store
+            .seals_from(self.topic(), &from)
+            .await?
+            .into_iter()
+            .filter(|s| s.partition == partition)
+            .collect();
+        let Some(mut at) = cutoff.or_else(|| seals.first().map(|s| s.start)) else { return Ok(None) };
+        for s in &seals {
+            if s.start == at {
+                at = s.end;
+            }
+        }
+        Ok(Some(at))
     }
 
     /// The record after `expected` came at `got`: the low watermark tells whether the offsets in between
@@ -258,7 +288,18 @@ impl SpeedLayer {
         let seg = &mut state.segment;
         let (partition, start) = (seg.partition, seg.start);
         let topic = self.topic();
-        let recorded = self.retry(|| self.store.record_seal(topic, Seal { partition, start, end })).await?;
+        let Some(recorded) = self.retry(|| self.store.record_seal(topic, Seal { partition, start, end })).await? else {
+            // below the published cutoff (this member lagged behind two batch runs, or woke as a zombie):
+            // the batch view holds these records; resume at the cutoff
+            let cutoff = self.published_cutoff(partition).await?.unwrap_or(end).max(start);
+            warn!(partition, start, cutoff, "the segment starts below the published cutoff; resuming at the cutoff");
+            let sealed_end = self.retry(|| self.store.seal_at(topic, partition, cutoff)).await?.map(|s| s.end);
+            state.segment = Segment::open(partition, cutoff, sealed_end);
+            if self.consumer.context().epoch(partition) == Some(state.epoch) {
+                self.seek(partition, cutoff).await?;
+            }
+            return Ok(Sealed::Rewound);
+        };
         if recorded.end == end {
             let rows = seg.all_rows(&self.views, end);
             let started = Instant::now();

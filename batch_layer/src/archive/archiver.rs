@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         decoder,
         open: HashMap::new(),
         lost: HashMap::new(),
+        first_held: HashMap::new(),
         consumer: consumer.clone(),
         config,
     };
@@ -113,6 +114,9 @@ struct Archiver {
     open: HashMap<i32, OpenFile>,
     /// Gaps between files that retention deleted from the log, per partition: never read again.
     lost: HashMap<i32, Vec<(i64, i64)>>,
+    /// The lowest offset the partition's archive held (or was set to hold) at its last plan: a first file
+    /// that starts above it later means files were deleted from the front.
+    first_held: HashMap<i32, i64>,
     consumer: Arc<Kafka>,
 }
 
@@ -140,8 +144,10 @@ impl Archiver {
             return Ok(());
         }
         if offset > file.next {
-            if let Some(lost_to) = self.deleted_before(partition, file.next, offset).await {
-                self.lost.entry(partition).or_default().push((file.next, lost_to));
+            if let Some((lost_to, known)) = self.deleted_before(partition, file.next, offset).await {
+                if known {
+                    self.lost.entry(partition).or_default().push((file.next, lost_to));
+                }
                 // close what the file holds, and start after the gap so the archive shows it
                 let (first, next) = (file.first, file.next);
                 self.open.insert(partition, file);
@@ -192,11 +198,20 @@ impl Archiver {
     }
 
     /// The record after `expected` came at `got`. `None` when the offsets in between held no records (the
-    /// log still starts at or before `expected`); `Some(end)` when retention deleted `[expected, end)`
-    /// before the archiver read it (reported), or when the log start cannot be read (then a gap is left,
-    /// which the next plan reads again if the log still holds it).
-    async fn deleted_before(&self, partition: i32, expected: i64, got: i64) -> Option<i64> {
-        match self.low_watermark(partition).await {
+    /// log still starts at or before `expected`); `Some((end, true))` when retention deleted
+    /// `[expected, end)` before the archiver read it (reported); `Some((got, false))` when the log start
+    /// cannot be read even after retries: the file leaves a gap rather than claim offsets it cannot vouch
+    /// for, and the next plan reads that gap again (it holds no records, or the ones it does get archived).
+    async fn deleted_before(&self, partition: i32, expected: i64, got: i64) -> Option<(i64, bool)> {
+        let mut low = self.low_watermark(partition).await;
+        for _ in 0..3 {
+            if low.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            low = self.low_watermark(partition).await;
+        }
+        match low {
             Some(low) if low > expected => {
                 let lost_to = low.min(got);
                 error!(
@@ -206,7 +221,7 @@ impl Archiver {
                     "records were deleted by retention before the archiver read them; the archive has a gap there"
                 );
                 metrics::counter!(m::RECORDS_LOST, "consumer" => "archive").increment((lost_to - expected) as u64);
-                Some(lost_to)
+                Some((lost_to, true))
             }
             Some(_) => {
                 debug!(
@@ -218,8 +233,13 @@ impl Archiver {
                 None
             }
             None => {
-                warn!(partition, from = expected, to = got, "cannot tell what the skipped offsets were; leaving a gap");
-                Some(got)
+                warn!(
+                    partition,
+                    from = expected,
+                    to = got,
+                    "cannot read the log start to tell what the skipped offsets were; leaving a gap to read again"
+                );
+                Some((got, false))
             }
         }
     }
@@ -292,6 +312,8 @@ impl Archiver {
                 }
             }
         }
+        let lowest = listed.first().map(|f| f.first).into_iter().chain(plan.refill.map(|(from, _)| from)).min();
+        self.first_held.insert(partition, lowest.unwrap_or(plan.frontier));
         let file = match plan.refill {
             Some((from, to)) => {
                 warn!(
@@ -377,9 +399,16 @@ impl Archiver {
         // files deleted behind the end of the archive while it runs are read again now, not at a restart
         let listed = files::list_partition(&self.config.archive.root, self.topic(), partition)?;
         let known = self.lost.get(&partition).map(Vec::as_slice).unwrap_or_default();
-        if files::gaps(&listed).iter().any(|gap| !known.iter().any(|lost| lost.0 <= gap.0 && gap.1 <= lost.1)) {
+        let gap = files::gaps(&listed).iter().any(|gap| !known.iter().any(|lost| lost.0 <= gap.0 && gap.1 <= lost.1));
+        let front_deleted = match (listed.first(), self.first_held.get(&partition)) {
+            (Some(f), Some(&held)) => f.first > held,
+            (None, Some(_)) => true, // every file is gone
+            (_, None) => false,
+        };
+        if gap || front_deleted {
             let epoch = self.open.get(&partition).map(|f| f.epoch).expect("open above");
-            let file = self.plan(partition, epoch, false).await?;
+            // files deleted from the front: the log start decides what can be read again
+            let file = self.plan(partition, epoch, front_deleted).await?;
             self.open.insert(partition, file);
         }
         Ok(())

@@ -123,16 +123,32 @@ struct Part {
 
 /// The files below the cutoffs, partitions interleaved by position (the k-th tenth of every partition
 /// together), so chunks cover similar event times and their partial aggregates overlap little.
+///
+/// Errors: the files of a partition do not cover `[start, cutoff)` without a gap (a file vanished after the
+/// cutoffs were planned; the run must not publish a view that silently lacks those records).
 fn plan(
     files: &BTreeMap<i32, Vec<ArchiveFile>>,
     starts: &BTreeMap<i32, i64>,
     cutoffs: &BTreeMap<i32, i64>,
-) -> Vec<Part> {
+) -> PolarsResult<Vec<Part>> {
     let mut ranked: Vec<(f64, i32, usize, Part)> = Vec::new();
     for (&partition, &cutoff) in cutoffs {
         let start = starts.get(&partition).copied().unwrap_or(i64::MIN);
         let selected: Vec<&ArchiveFile> =
             files.get(&partition).into_iter().flatten().filter(|f| f.first < cutoff && f.next > start).collect();
+        let mut reach = selected.first().map_or(cutoff, |f| f.first.max(start));
+        if starts.contains_key(&partition) && reach > start {
+            polars_bail!(ComputeError: "partition {partition}: no archive file holds offsets {start}..{reach} below the cutoff {cutoff}");
+        }
+        for f in &selected {
+            if f.first > reach {
+                polars_bail!(ComputeError: "partition {partition}: no archive file holds offsets {reach}..{} below the cutoff {cutoff}", f.first);
+            }
+            reach = reach.max(f.next);
+        }
+        if reach < cutoff && cutoff > 0 {
+            polars_bail!(ComputeError: "partition {partition}: no archive file holds offsets {reach}..{cutoff} below the cutoff");
+        }
         let mut covered = start;
         for (i, f) in selected.iter().enumerate() {
             let owned_from = f.first.max(covered);
@@ -149,7 +165,7 @@ fn plan(
         }
     }
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    ranked.into_iter().map(|(_, _, _, part)| part).collect()
+    Ok(ranked.into_iter().map(|(_, _, _, part)| part).collect())
 }
 
 /// Consecutive runs of `parts` of about `chunk_records` records each.
@@ -196,7 +212,7 @@ pub fn compute_in_chunks(
     chunk_records: u64,
     mut on_table: impl FnMut(&str, Granularity),
 ) -> PolarsResult<Computed> {
-    let parts = plan(files, starts, cutoffs);
+    let parts = plan(files, starts, cutoffs)?;
     let all: Vec<&Part> = parts.iter().collect();
     let owning: Vec<&Part> = parts.iter().filter(|p| p.owns_any).collect();
     let mut out = Computed::default();

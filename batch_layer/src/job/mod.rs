@@ -116,10 +116,15 @@ fn check_lease(lease: &Lease, lost: &CancellationToken) -> Result<()> {
 /// cutoffs and the archive's files, with notes on whatever held one back (each also logged as a warning).
 pub async fn cutoffs(config: &Config, store: &Arc<dyn ViewStore>) -> Result<cutoff::Plan> {
     let previous = store.current_manifest().await?;
-    plan(config, store, previous.as_ref()).await
+    Ok(plan(config, store, previous.as_ref()).await?.0)
 }
 
-async fn plan(config: &Config, store: &Arc<dyn ViewStore>, previous: Option<&Manifest>) -> Result<cutoff::Plan> {
+/// The cutoff plan and the archive listing it was made from (the run computes from that same listing).
+async fn plan(
+    config: &Config,
+    store: &Arc<dyn ViewStore>,
+    previous: Option<&Manifest>,
+) -> Result<(cutoff::Plan, BTreeMap<i32, Vec<archive::ArchiveFile>>)> {
     let empty = BTreeMap::new();
     let (published, starts) = previous.map_or((&empty, &empty), |m| (&m.cutoffs, &m.archive_starts));
     let seals = store.seals_from(&config.kafka.topic, published).await?;
@@ -128,7 +133,7 @@ async fn plan(config: &Config, store: &Arc<dyn ViewStore>, previous: Option<&Man
     for note in &plan.notes {
         warn!(%note, "cutoff held back");
     }
-    Ok(plan)
+    Ok((plan, files))
 }
 
 /// Each partition's high watermark, best effort: empty (with a warning) when Kafka cannot be reached.
@@ -163,7 +168,7 @@ async fn run_leased(
 
     // 1. cutoffs
     let log_ends = log_ends(config).await;
-    let plan = plan(config, store, previous.as_ref()).await?;
+    let (plan, files) = plan(config, store, previous.as_ref()).await?;
     if let Some(&(partition, from, to)) = plan.lost.first() {
         let published = previous.as_ref().and_then(|m| m.cutoffs.get(&partition).copied()).unwrap_or_default();
         return Err(Error::ArchiveLost { partition, from, to, published });
@@ -180,8 +185,8 @@ async fn run_leased(
     info!(generation, token = lease.token, ?cutoffs, "batch run started");
     check_lease(lease, lost)?;
 
-    // 2-3. scan, dedup, aggregate (Polars is CPU-bound: keep it off the async workers)
-    let files = archive::list(&config.archive.root, topic)?;
+    // 2-3. scan, dedup, aggregate (Polars is CPU-bound: keep it off the async workers), from the listing
+    // the cutoffs were planned on: a file that vanished since fails the read instead of going missing
     let views = ViewSet::new(config);
     let steps: u64 = views.views.iter().map(|v| v.granularities.len() as u64).sum();
     let bar = if options.progress { ProgressBar::new(steps * 2) } else { ProgressBar::hidden() };

@@ -8,7 +8,9 @@
 //!   segment has a recorded seal ending before its `upto_offset`: no row ever counts records past its
 //!   segment's seal, whatever an earlier run with other segment limits or a zombie member tries to write.
 //!   [`ViewStore::finalize_segment`] removes rows written past a seal before it was recorded.
-//! - a **seal** is recorded first-writer-wins: [`ViewStore::record_seal`] returns the seal that is recorded.
+//! - a **seal** is recorded first-writer-wins: [`ViewStore::record_seal`] returns the seal that is recorded;
+//!   a new seal is refused below the partition's published cutoff (the seals there may have been pruned,
+//!   and recording one again would let a lagging or zombie member start a segment off the seal chain).
 //! - **batch writes are fenced**: each takes the [`Lease`] of the run and fails with [`Error::Fenced`] once
 //!   another run has taken the lease over (or it expired), atomically with the write itself. Generation
 //!   numbers come from [`ViewStore::allocate_generation`] and are never reused; a published generation's
@@ -156,7 +158,9 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug {
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>>;
 
     /// Records `seal` unless a seal for the same (topic, partition, start) exists; returns the recorded one.
-    async fn record_seal(&self, topic: &str, seal: Seal) -> Result<Seal>;
+    /// `None` when no seal exists at `seal.start` and it lies below the partition's published cutoff: the
+    /// caller resumes at the cutoff (those records are in the batch view). Checked atomically with the insert.
+    async fn record_seal(&self, topic: &str, seal: Seal) -> Result<Option<Seal>>;
     /// The seal of the segment starting at `start`, if recorded.
     async fn seal_at(&self, topic: &str, partition: i32, start: i64) -> Result<Option<Seal>>;
     /// Every recorded seal of `topic`, ordered by partition then start.

@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS published_cutoffs (
+    kafka_partition INTEGER PRIMARY KEY,
+    cutoff INTEGER NOT NULL
+);
 "#;
 
 /// The SQLite view store.
@@ -118,7 +122,19 @@ impl SqliteStore {
         .execute(&pool)
         .await
         .map_err(err("schema"))?;
-        Ok(SqliteStore { pool })
+        let store = SqliteStore { pool };
+        let known: i64 = sqlx::query_scalar("SELECT count(*) FROM published_cutoffs")
+            .fetch_one(&store.pool)
+            .await
+            .map_err(err("schema"))?;
+        if known == 0 {
+            if let Some(manifest) = store.current_manifest().await? {
+                let mut tx = store.pool.begin().await.map_err(err("schema"))?;
+                set_cutoffs(&mut tx, &manifest.cutoffs).await?;
+                tx.commit().await.map_err(err("schema"))?;
+            }
+        }
+        Ok(store)
     }
 
     /// Runs a `SELECT json_group_array(json_array(...)) ...` and decodes its single value.
@@ -166,6 +182,22 @@ async fn current_generation(conn: &mut SqliteConnection) -> Result<i64> {
         .fetch_one(conn)
         .await
         .map_err(err("manifests"))
+}
+
+/// Records the published cutoffs (they only grow: a manifest is never published below the current one).
+async fn set_cutoffs(conn: &mut SqliteConnection, cutoffs: &BTreeMap<i32, i64>) -> Result<()> {
+    for (&partition, &cutoff) in cutoffs {
+        sqlx::query(
+            "INSERT INTO published_cutoffs (kafka_partition, cutoff) VALUES (?, ?) \
+             ON CONFLICT (kafka_partition) DO UPDATE SET cutoff = max(cutoff, excluded.cutoff)",
+        )
+        .bind(partition)
+        .bind(cutoff)
+        .execute(&mut *conn)
+        .await
+        .map_err(err("published_cutoffs"))?;
+    }
+    Ok(())
 }
 
 /// Upserts `rows` under the speed-row rules: a larger `upto_offset` replaces, and nothing is written past
@@ -257,18 +289,23 @@ impl ViewStore for SqliteStore {
             .collect())
     }
 
-    async fn record_seal(&self, topic: &str, seal: Seal) -> Result<Seal> {
-        sqlx::query("INSERT INTO seals (topic, kafka_partition, start_offset, end_offset) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
-            .bind(topic)
-            .bind(seal.partition)
-            .bind(seal.start)
-            .bind(seal.end)
-            .execute(&self.pool)
-            .await
-            .map_err(err("seals"))?;
-        self.seal_at(topic, seal.partition, seal.start)
-            .await?
-            .ok_or_else(|| Error::StoreCorrupt { table: "seals", message: "seal vanished after insert".into() })
+    async fn record_seal(&self, topic: &str, seal: Seal) -> Result<Option<Seal>> {
+        sqlx::query(
+            "INSERT INTO seals (topic, kafka_partition, start_offset, end_offset) SELECT ?, ?, ?, ? \
+             WHERE ? >= coalesce((SELECT cutoff FROM published_cutoffs WHERE kafka_partition = ?), 0) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(topic)
+        .bind(seal.partition)
+        .bind(seal.start)
+        .bind(seal.end)
+        .bind(seal.start)
+        .bind(seal.partition)
+        .execute(&self.pool)
+        .await
+        .map_err(err("seals"))?;
+        // the recorded seal (ours, or an earlier one); none when refused below the cutoff
+        self.seal_at(topic, seal.partition, seal.start).await
     }
 
     async fn seal_at(&self, topic: &str, partition: i32, start: i64) -> Result<Option<Seal>> {
@@ -442,6 +479,7 @@ impl ViewStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(err("manifests"))?;
+        set_cutoffs(&mut tx, &manifest.cutoffs).await?;
         tx.commit().await.map_err(err("manifests"))
     }
 

@@ -149,6 +149,7 @@ pub async fn send_paced(
     let tick = Duration::from_millis(10);
     let per_tick = rate.map(|r| (r * tick.as_secs_f64()).max(0.0));
     let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut budget = 0.0;
     let mut pending: Vec<DeliveryFuture> = Vec::new();
     let mut sent = 0u64;
@@ -166,6 +167,9 @@ pub async fn send_paced(
                 if pacer_gone {
                     pause = None; // send on at the configured rate
                 }
+                // resume at the rate, not with a burst of the ticks missed while paused
+                interval.reset();
+                budget = 0.0;
                 continue;
             }
         }

@@ -266,7 +266,9 @@ fn main() -> Result<()> {
         ensure!(pinned.is_ok_and(|o| o.status.success()), "taskset could not pin the server to CPU 0");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ecommerce/2019-Nov-sample.csv");
+    let sample =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("../shared/data/ecommerce/2019-Nov-sample.csv");
     let model = if sample.exists() { Model::fit(&sample)? } else { Model::builtin() };
 
     if a.smoke {

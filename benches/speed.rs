@@ -98,7 +98,9 @@ fn args() -> Result<Args> {
 }
 
 fn model() -> Result<Model> {
-    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ecommerce/2019-Nov-sample.csv");
+    let sample =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("../shared/data/ecommerce/2019-Nov-sample.csv");
     if sample.exists() {
         Model::fit(&sample)
     } else {

@@ -738,7 +738,10 @@ mod tests {
     const SAMPLE: &str = "../shared/data/ecommerce/2019-Nov-sample.csv";
 
     fn sample_path() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(SAMPLE)
+        // The checkout the tests run in (cargo sets this when it runs them), not the one they were built in:
+        // a shared CARGO_TARGET_DIR can hand a fresh clone binaries built elsewhere.
+        let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        Path::new(&root).join(SAMPLE)
     }
 
     #[test]

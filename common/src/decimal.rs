@@ -52,14 +52,14 @@ pub fn parse_micros(text: &str) -> Result<i128, NumberError> {
         Some(b'-') => (true, 1),
         _ => (false, 0),
     };
-    // significant digits (leading zeros dropped) and the power of ten of the last digit read
-    let mut digits: Vec<u8> = Vec::with_capacity(24);
+    // significant digits (leading zeros dropped) and the power of ten of the last digit read; only the
+    // first KEPT can matter (22 digits at most are kept, plus the one that decides the rounding), the
+    // rest are counted
+    let mut digits = Digits::default();
     let mut point_shift: i64 = 0;
     let int_start = i;
     while i < bytes.len() && bytes[i].is_ascii_digit() {
-        if !(digits.is_empty() && bytes[i] == b'0') {
-            digits.push(bytes[i] - b'0');
-        }
+        digits.push(bytes[i] - b'0');
         i += 1;
     }
     let int_len = i - int_start;
@@ -70,9 +70,7 @@ pub fn parse_micros(text: &str) -> Result<i128, NumberError> {
         i += 1;
         let frac_start = i;
         while i < bytes.len() && bytes[i].is_ascii_digit() {
-            if !(digits.is_empty() && bytes[i] == b'0') {
-                digits.push(bytes[i] - b'0');
-            }
+            digits.push(bytes[i] - b'0');
             point_shift -= 1;
             i += 1;
         }
@@ -113,35 +111,65 @@ pub fn parse_micros(text: &str) -> Result<i128, NumberError> {
     // value = digits * 10^(point_shift + exponent); micro-units = digits * 10^(shift)
     let shift = point_shift + exponent + i64::from(SCALE);
     let out_of_range = || NumberError::OutOfRange(text.to_owned());
-    let magnitude: i128 = if digits.is_empty() {
+    let len = digits.len as i64;
+    let magnitude: i128 = if len == 0 {
         0
     } else if shift >= 0 {
         // no rounding; 1e21 micro-units has 22 digits, so more than that is out of range
-        if digits.len() as i64 + shift > 22 {
+        if len + shift > 22 {
             return Err(out_of_range());
         }
         let mut v: i128 = 0;
-        for &d in &digits {
-            v = v * 10 + i128::from(d);
+        for k in 0..len as usize {
+            v = v * 10 + i128::from(digits.get(k));
         }
         v * 10i128.pow(shift as u32)
     } else {
-        let keep = digits.len() as i64 + shift; // digits left of the rounding point
+        let keep = len + shift; // digits left of the rounding point
         if keep > 22 {
             return Err(out_of_range());
         }
         let mut v: i128 = 0;
-        for &d in digits.iter().take(keep.max(0) as usize) {
-            v = v * 10 + i128::from(d);
+        for k in 0..keep.max(0) as usize {
+            v = v * 10 + i128::from(digits.get(k));
         }
         // half away from zero: the first dropped digit decides (0.5 or more rounds the magnitude up)
-        let first_dropped = if keep >= 0 { digits.get(keep as usize).copied() } else { None };
+        let first_dropped = (0..len).contains(&keep).then(|| digits.get(keep as usize));
         v + i128::from(first_dropped.is_some_and(|d| d >= 5))
     };
     if magnitude > MAX_ABS_MICROS {
         return Err(out_of_range());
     }
     Ok(if negative { -magnitude } else { magnitude })
+}
+
+/// Significant digits of a number as read: the first [`KEPT`] stored, the rest only counted (a value with
+/// more than 22 digits left of the rounding point is out of range, so no later digit can change a result).
+#[derive(Debug, Default)]
+struct Digits {
+    first: [u8; KEPT],
+    /// Significant digits read (leading zeros are not significant).
+    len: usize,
+}
+
+/// Digits that can matter: 22 (the most an accepted value has) and the one that decides the rounding.
+const KEPT: usize = 23;
+
+impl Digits {
+    fn push(&mut self, digit: u8) {
+        if self.len == 0 && digit == 0 {
+            return;
+        }
+        if self.len < KEPT {
+            self.first[self.len] = digit;
+        }
+        self.len += 1;
+    }
+
+    /// Digit `k` (0 = most significant); only called for `k < 23`.
+    fn get(&self, k: usize) -> u8 {
+        self.first[k]
+    }
 }
 
 /// An integer in micro-units (`12` -> `12_000_000`); exact for every `i64`.
@@ -210,6 +238,10 @@ mod tests {
         assert_eq!(ok("9007199254.740993"), (1i128 << 53) + 1);
         assert_eq!(ok("9007199254.7409925"), (1i128 << 53) + 1);
         assert_eq!(ok("9007199254.7409915"), 1i128 << 53);
+        // more significant digits than can matter: only the first 23 are looked at
+        assert_eq!(ok("1.23456749999999999999999999999999999999999"), 1_234_567);
+        assert_eq!(ok("0.00000000000000000000000000000000000000001234"), 0);
+        assert_eq!(ok("123456789012345.1234565000000000000000000000000001"), 123_456_789_012_345_123_457);
     }
 
     #[test]

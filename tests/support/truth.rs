@@ -24,7 +24,10 @@ pub struct Row {
 }
 
 pub fn sample_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ecommerce/2019-Nov-sample.csv")
+    // The checkout the tests run in (cargo sets this when it runs them), not the one they were built in:
+    // a shared CARGO_TARGET_DIR can hand a fresh clone binaries built elsewhere.
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&root).join("../shared/data/ecommerce/2019-Nov-sample.csv")
 }
 
 pub fn read_sample() -> Vec<Row> {

@@ -146,6 +146,8 @@ pub struct DemoOptions {
     pub batch_cron: String,
     /// Number of partitions of the demo topic.
     pub partitions: i32,
+    /// View store URL (it must hold no views yet); `None`: a SQLite file under `data_dir`.
+    pub store: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -159,6 +161,7 @@ impl Default for DemoOptions {
             listen: None,
             batch_cron: "*/30 * * * * *".into(),
             partitions: 3,
+            store: None,
         }
     }
 }
@@ -183,7 +186,10 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
 #[allow(clippy::print_stdout)] // the demo talks to the person who started it
 pub async fn run(mut config: Config, options: DemoOptions, shutdown: CancellationToken) -> Result<()> {
     prepare_data_dir(&options.data_dir)?;
-    config.store.url = format!("sqlite://{}", options.data_dir.join("views.db").display());
+    config.store.url = match &options.store {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", options.data_dir.join("views.db").display()),
+    };
     config.archive.root = options.data_dir.join("archive");
     if let Some(listen) = options.listen {
         config.serve.listen = listen;
@@ -194,7 +200,14 @@ pub async fn run(mut config: Config, options: DemoOptions, shutdown: Cancellatio
     config.kafka.brokers = cluster.bootstrap_servers();
     info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, partitions = options.partitions, "mock Kafka cluster up");
 
-    let store = common::store::open(&config.store.url).await?;
+    let store = common::store::open_config(&config.store).await?;
+    if store.current_manifest().await?.is_some() || !store.seals(&config.kafka.topic).await?.is_empty() {
+        bail!(
+            "the demo needs an empty view store, and {} holds views of an earlier run: drop and recreate that \
+             database, or leave out --store",
+            common::store::redact(&config.store.url)
+        );
+    }
     let messages: Vec<Outgoing> = match &options.input {
         Some(path) => produce::read_file(path, &config)?,
         None => crate::generate::default_events(options.events, 42)

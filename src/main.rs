@@ -54,6 +54,9 @@ enum Command {
         /// Batch schedule (cron with seconds, or 5 fields).
         #[arg(long, default_value = "*/30 * * * * *")]
         batch_cron: String,
+        /// View store URL, e.g. postgres://user@host/db (must be empty); default: SQLite under --data-dir.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Run the speed layer (Kafka -> speed rows).
     Speed,
@@ -131,6 +134,11 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// View-store tools.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -158,6 +166,12 @@ enum BatchCommand {
         #[arg(long)]
         cron: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Create the store's schema (store.url), or apply the migrations it lacks; safe to run again.
+    Init,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,7 +231,7 @@ async fn run(cli: Cli) -> Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let shutdown = common::shutdown::on_signal();
     match cli.command {
-        Command::Demo { input, events, rate, duplicates, listen, data_dir, batch_cron } => {
+        Command::Demo { input, events, rate, duplicates, listen, data_dir, batch_cron, store } => {
             let options = DemoOptions {
                 input,
                 events,
@@ -226,17 +240,18 @@ async fn run(cli: Cli) -> Result<()> {
                 data_dir,
                 listen: Some(listen),
                 batch_cron,
+                store,
                 ..DemoOptions::default()
             };
             lambda::demo::run(config, options, shutdown).await?;
         }
         Command::Speed => {
-            let store = common::store::open(&config.store.url).await?;
+            let store = common::store::open_config(&config.store).await?;
             speed_layer::run(config, store, shutdown).await?;
         }
         Command::Archive => batch_layer::archive::archiver::run(config, shutdown).await?,
         Command::Batch { command: BatchCommand::Run } => {
-            let store = common::store::open(&config.store.url).await?;
+            let store = common::store::open_config(&config.store).await?;
             let options = batch_layer::job::RunOptions { progress: true };
             match batch_layer::job::run_once(&config, &store, &options).await? {
                 Some(manifest) => println!("{}", serde_json::to_string_pretty(&manifest)?),
@@ -245,7 +260,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Batch { command: BatchCommand::Export { out, cutoffs } } => {
             let (starts, cutoffs) = if cutoffs.is_empty() {
-                let store = common::store::open(&config.store.url).await?;
+                let store = common::store::open_config(&config.store).await?;
                 let plan = batch_layer::job::cutoffs(&config, &store).await?;
                 (plan.archive_starts, plan.cutoffs)
             } else {
@@ -258,12 +273,12 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Batch { command: BatchCommand::Schedule { cron } } => {
-            let store = common::store::open(&config.store.url).await?;
+            let store = common::store::open_config(&config.store).await?;
             let cron = cron.unwrap_or_else(|| config.batch.cron.clone());
             batch_layer::schedule::run(config, store, &cron, shutdown).await?;
         }
         Command::Serve => {
-            let store = common::store::open(&config.store.url).await?;
+            let store = common::store::open_config(&config.store).await?;
             serving_layer::run(config, store, shutdown).await?;
         }
         Command::Produce { input, brokers, topic, rate, duplicates } => {
@@ -336,6 +351,11 @@ async fn run(cli: Cli) -> Result<()> {
                     root.display(),
                     report.ends
                 );
+            }
+        }
+        Command::Store { command: StoreCommand::Init } => {
+            for line in common::store::init(&config.store.url).await? {
+                println!("{line}");
             }
         }
         Command::Config { command: ConfigCommand::Show } => print!("{}", toml::to_string_pretty(&config)?),

@@ -14,9 +14,20 @@ const PATIENCE: Duration = Duration::from_secs(90);
 /// (a) speed view only, (b) after a batch run, (c) batch + speed after more events, exact every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ground_truth_speed_then_batch_then_mixed() {
+    ground_truth(Harness::start(3).await).await;
+}
+
+/// The same on a PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ground_truth_on_postgres() {
+    if let Some(h) = Harness::start_on_postgres("ground_truth", 3, "").await {
+        ground_truth(h).await;
+    }
+}
+
+async fn ground_truth(mut h: Harness) {
     let rows = truth::read_sample();
     assert_eq!(rows.len(), 10_034);
-    let mut h = Harness::start(3).await;
     let messages = sample_messages(&h.config);
     let split = 7_000;
     h.start_speed();

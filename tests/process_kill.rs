@@ -1,5 +1,5 @@
 //! The truest crash: `lambda speed` and `lambda archive` run as separate processes (reaching the mock
-//! cluster in this test process over TCP, sharing the SQLite file) and are killed with SIGKILL at random
+//! cluster in this test process over TCP, sharing the SQLite file or a PostgreSQL database) and are killed with SIGKILL at random
 //! points while events are produced — a blocking file write or a store transaction dies mid-way, nothing
 //! leaves the consumer group. After restarts the speed view and the batch view equal the ground truth.
 
@@ -15,8 +15,19 @@ const PATIENCE: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_processes_lose_nothing_and_count_nothing_twice() {
+    sigkilled_processes(Harness::start_with(3, support::CRASH_CONFIG).await).await;
+}
+
+/// The same with the processes sharing a PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_processes_on_postgres() {
+    if let Some(h) = Harness::start_on_postgres("process_kill", 3, support::CRASH_CONFIG).await {
+        sigkilled_processes(h).await;
+    }
+}
+
+async fn sigkilled_processes(h: Harness) {
     let rows = truth::read_sample();
-    let h = Harness::start_with(3, support::CRASH_CONFIG).await;
     let config_path = h.dir.path().join("lambda.toml");
     std::fs::write(&config_path, toml::to_string(&h.config).unwrap()).unwrap();
     let mut speed = Process::new("speed", &["speed"], &config_path, h.dir.path());

@@ -129,8 +129,15 @@ pub struct ViewConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://path` (embedded default). `postgres://` and `scylla://` are not built yet.
+    /// `sqlite://path` (embedded default) or `postgres://user:password@host:port/database`.
     pub url: String,
+    /// Most connections a process keeps to a PostgreSQL store (each layer opens its own pool).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    crate::store::DEFAULT_MAX_CONNECTIONS
 }
 
 /// `[archive]`: the master dataset.
@@ -390,14 +397,18 @@ impl Config {
             }
         }
 
-        if !self.store.url.starts_with("sqlite:") {
+        let url = &self.store.url;
+        if !["sqlite:", "postgres:", "postgresql:"].iter().any(|scheme| url.starts_with(scheme)) {
             return Err(Error::invalid(
                 "store.url",
                 format!(
-                    "`{}`: only sqlite://PATH is built yet (postgres:// and scylla:// are planned)",
-                    self.store.url
+                    "`{}`: unsupported store (sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+                    crate::store::redact(url)
                 ),
             ));
+        }
+        if self.store.max_connections == 0 {
+            return Err(Error::invalid("store.max_connections", "must be at least 1"));
         }
         if self.archive.max_file_records == 0 {
             return Err(Error::invalid("archive.max_file_records", "must be positive"));

@@ -14,6 +14,7 @@ pub mod schema;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod testing;
 pub mod view;
 
 pub use config::Config;

@@ -9,8 +9,12 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 /// Safe to call more than once: later calls do nothing.
 pub fn init_tracing(filter: &str) {
     use std::io::IsTerminal;
-    let filter =
+    let mut filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // PostgreSQL NOTICEs (`relation ... already exists, skipping` from idempotent DDL) are not news
+    if let Ok(quiet) = "sqlx::postgres::notice=warn".parse() {
+        filter = filter.add_directive(quiet);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

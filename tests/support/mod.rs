@@ -67,6 +67,18 @@ impl Harness {
 
     /// [`Harness::start`] with `overrides` (TOML) applied over [`TEST_CONFIG`].
     pub async fn start_with(partitions: i32, overrides: &str) -> Harness {
+        Self::start_on(partitions, overrides, None).await
+    }
+
+    /// A harness on the PostgreSQL test server (a scratch database for `test`), or `None` when no server
+    /// is configured (`common::testing`; the test prints SKIPPED and passes).
+    pub async fn start_on_postgres(test: &str, partitions: i32, overrides: &str) -> Option<Harness> {
+        let url = common::testing::scratch_postgres(test).await?;
+        Some(Self::start_on(partitions, overrides, Some(url)).await)
+    }
+
+    /// [`Harness::start_with`] on the store at `store_url` (default: SQLite in the temp dir).
+    pub async fn start_on(partitions: i32, overrides: &str, store_url: Option<String>) -> Harness {
         let filter = std::env::var("TEST_LOG")
             .unwrap_or_else(|_| "warn,librdkafka=error,speed_layer=info,batch_layer=info".into());
         common::telemetry::init_tracing(&filter);
@@ -76,7 +88,7 @@ impl Harness {
         cluster.create_topic("events", partitions, 1).unwrap();
         let mut config = Config::from_toml_str(&merge_toml(TEST_CONFIG, overrides)).unwrap();
         config.kafka.brokers = cluster.bootstrap_servers();
-        config.store.url = format!("sqlite://{}", dir.path().join("views.db").display());
+        config.store.url = store_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("views.db").display()));
         config.archive.root = dir.path().join("archive");
         let store = common::store::open(&config.store.url).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

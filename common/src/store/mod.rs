@@ -17,6 +17,7 @@
 //!   rows are never rewritten and the current one is never deleted.
 //! - publishing a **manifest** is a single write, the switch to its generation (DESIGN.md §5).
 
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::error::{Error, Result};
@@ -207,12 +209,67 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<()>;
 }
 
-/// Opens the store named by `url` (`sqlite://path`), creating its schema if needed.
+/// Connections a store opened by [`open`] keeps at most (PostgreSQL; `store.max_connections` overrides it).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
+/// Opens the store named by `url` (`sqlite://path` or `postgres://...`), creating or migrating its schema.
 pub async fn open(url: &str) -> Result<Arc<dyn ViewStore>> {
+    open_with(url, DEFAULT_MAX_CONNECTIONS).await
+}
+
+/// As [`open`], with a pool of at most `max_connections` (PostgreSQL; SQLite keeps its own small pool).
+///
+/// Errors: [`Error::ConfigInvalid`] naming `store.url` for an unknown scheme; [`Error::Store`] when the
+/// database cannot be opened or its schema not brought up to date.
+pub async fn open_with(url: &str, max_connections: u32) -> Result<Arc<dyn ViewStore>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PostgresStore::open(url, max_connections).await?))
     } else {
-        Err(Error::invalid("store.url", format!("`{url}`: unsupported store (only sqlite:// is built yet)")))
+        Err(Error::invalid(
+            "store.url",
+            format!("`{}`: unsupported store (sqlite://path or postgres://user@host/db)", redact(url)),
+        ))
+    }
+}
+
+/// Opens the store of `config` (its pool sized by `store.max_connections`).
+pub async fn open_config(config: &crate::config::StoreConfig) -> Result<Arc<dyn ViewStore>> {
+    open_with(&config.url, config.max_connections).await
+}
+
+/// `lambda store init`: creates the schema of the store at `url`, or brings it up to date; idempotent.
+/// Returns one line per step taken, for the person who ran it.
+pub async fn init(url: &str) -> Result<Vec<String>> {
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = PostgresStore::connect(url, 1).await?;
+        let applied = store.migrate().await?;
+        let all = store.applied_migrations().await?;
+        let mut lines = vec![format!("{}: PostgreSQL schema at version {}", redact(url), all.last().unwrap_or(&0))];
+        if applied.is_empty() {
+            lines.push("already up to date; nothing applied".to_owned());
+        } else {
+            lines.push(format!("applied migrations {applied:?}"));
+        }
+        Ok(lines)
+    } else {
+        open(url).await?;
+        Ok(vec![format!("{url}: SQLite schema created or up to date")])
+    }
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -225,4 +282,101 @@ pub fn encode_dims(dims: &[Option<String>]) -> String {
 /// JSON text of metric values: `[312,12345670000]` (128-bit integers, written exactly).
 pub fn encode_metrics(metrics: &[i128]) -> String {
     serde_json::to_string(metrics).expect("integers serialize")
+}
+
+/// Creates an empty database on the PostgreSQL server of `admin_url` (a URL whose user may create
+/// databases) and returns `admin_url` pointing at it instead: for tests and benchmarks that each need a
+/// store of their own. The name is `<prefix>_<pid>_<sequence>_<nanoseconds>`.
+///
+/// Errors: [`Error::Store`] when the server is unreachable or refuses `CREATE DATABASE`.
+pub async fn create_scratch_postgres_database(admin_url: &str, prefix: &str) -> Result<String> {
+    use sqlx::Connection;
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = Utc::now().timestamp_subsec_nanos();
+    let name: String = format!("{prefix}_{}_{n}_{nanos}", std::process::id())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    let mut conn =
+        sqlx::PgConnection::connect(admin_url).await.map_err(|source| Error::Store { table: "open", source })?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .map_err(|source| Error::Store { table: "open", source })?;
+    conn.close().await.ok();
+    Ok(with_database(admin_url, &name))
+}
+
+/// `url` (`postgres://user@host:port/db?options`) with its database replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
+    format!("{}/{database}{query}", &base[..host_end])
+}
+
+/// Dimension values from their JSON text ([`encode_dims`]).
+pub(crate) fn decode_dims(text: &str) -> std::result::Result<Vec<Option<String>>, String> {
+    serde_json::from_str(text).map_err(|e| format!("dims `{text}`: {e}"))
+}
+
+/// Metric values from their JSON text ([`encode_metrics`]).
+pub(crate) fn decode_metrics(text: &str) -> std::result::Result<Vec<i128>, String> {
+    serde_json::from_str::<Metrics>(text).map(|m| m.0).map_err(|e| format!("metrics `{text}`: {e}"))
+}
+
+/// Metric values read from their JSON text (128-bit integers). serde_json reads an `i128` through a freshly
+/// allocated `String` per number; a range read holds thousands of them, so each is taken as borrowed raw
+/// text and parsed in place.
+pub(crate) struct Metrics(pub(crate) Vec<i128>);
+
+impl<'de> serde::Deserialize<'de> for Metrics {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Seq;
+        impl<'de> serde::de::Visitor<'de> for Seq {
+            type Value = Metrics;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of integers")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Metrics, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+                    out.push(raw.get().parse::<i128>().map_err(serde::de::Error::custom)?);
+                }
+                Ok(Metrics(out))
+            }
+        }
+        deserializer.deserialize_seq(Seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_store_urls() {
+        assert_eq!(redact("postgres://lambda:s3cret@db:5432/views"), "postgres://lambda:***@db:5432/views");
+        assert_eq!(redact("postgres://lambda@db/views"), "postgres://lambda@db/views");
+        assert_eq!(redact("sqlite://lambda-data/views.db"), "sqlite://lambda-data/views.db");
+    }
+
+    #[test]
+    fn scratch_databases_replace_only_the_database_of_a_url() {
+        assert_eq!(with_database("postgres://u:p@h:5/postgres", "x"), "postgres://u:p@h:5/x");
+        assert_eq!(with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
+        assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+    }
+
+    #[test]
+    fn metrics_text_round_trips_at_the_edges_of_i128() {
+        let values = vec![0, -1, i128::MAX, i128::MIN, 9_007_199_254_740_993];
+        assert_eq!(decode_metrics(&encode_metrics(&values)).unwrap(), values);
+        assert!(decode_metrics("[1.5]").is_err());
+        assert!(decode_metrics("[\"1\"]").is_err());
+    }
 }

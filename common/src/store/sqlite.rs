@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{encode_dims, encode_metrics, BatchRow, Lease, Manifest, RowQuery, Seal, SpeedRow, ViewKey, ViewStore};
+use super::{
+    encode_dims, encode_metrics, BatchRow, Lease, Manifest, Metrics, RowQuery, Seal, SpeedRow, ViewKey, ViewStore,
+};
 use crate::error::{Error, Result};
 
 /// Rows per multi-row INSERT (8 binds each stays far below SQLite's 32766-parameter limit).
@@ -201,12 +203,34 @@ async fn set_cutoffs(conn: &mut SqliteConnection, cutoffs: &BTreeMap<i32, i64>) 
 }
 
 /// Upserts `rows` under the speed-row rules: a larger `upto_offset` replaces, and nothing is written past
-/// a recorded seal of the row's segment.
+/// a recorded seal of the row's segment. Runs inside a transaction begun with `BEGIN IMMEDIATE` (the write
+/// lock is held from the start), so no seal can be recorded between the seal lookup and the insert. One
+/// lookup per segment in `rows` (a flush holds one or a few), then plain multi-row upserts.
 async fn upsert_speed(conn: &mut SqliteConnection, topic: &str, rows: &[SpeedRow]) -> Result<()> {
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    let mut seal_ends: Vec<((i32, i64), Option<i64>)> = Vec::new();
+    for r in rows {
+        let segment = (r.partition, r.segment_start);
+        if !seal_ends.iter().any(|(s, _)| *s == segment) {
+            let end: Option<i64> = sqlx::query_scalar(
+                "SELECT end_offset FROM seals WHERE topic = ? AND kafka_partition = ? AND start_offset = ?",
+            )
+            .bind(topic)
+            .bind(segment.0)
+            .bind(segment.1)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(err("seals"))?;
+            seal_ends.push((segment, end));
+        }
+    }
+    let within_seal = |r: &&SpeedRow| {
+        let end = seal_ends.iter().find(|(s, _)| *s == (r.partition, r.segment_start)).and_then(|(_, e)| *e);
+        end.is_none_or(|end| r.upto_offset <= end)
+    };
+    let kept: Vec<&SpeedRow> = rows.iter().filter(within_seal).collect();
+    for chunk in kept.chunks(ROWS_PER_STATEMENT) {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO speed_rows (view, granularity, bucket_start, dims, kafka_partition, segment_start, upto_offset, metrics) \
-             SELECT * FROM (",
+            "INSERT INTO speed_rows (view, granularity, bucket_start, dims, kafka_partition, segment_start, upto_offset, metrics) ",
         );
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.key.view.clone())
@@ -218,11 +242,10 @@ async fn upsert_speed(conn: &mut SqliteConnection, topic: &str, rows: &[SpeedRow
                 .push_bind(r.upto_offset)
                 .push_bind(encode_metrics(&r.metrics));
         });
-        qb.push(") AS v WHERE NOT EXISTS (SELECT 1 FROM seals s WHERE s.topic = ").push_bind(topic.to_owned()).push(
-            " AND s.kafka_partition = v.column5 AND s.start_offset = v.column6 AND s.end_offset < v.column7) \
-                 ON CONFLICT (view, granularity, bucket_start, dims, kafka_partition, segment_start) DO UPDATE SET \
-                 upto_offset = excluded.upto_offset, metrics = excluded.metrics \
-                 WHERE excluded.upto_offset > speed_rows.upto_offset",
+        qb.push(
+            " ON CONFLICT (view, granularity, bucket_start, dims, kafka_partition, segment_start) DO UPDATE SET \
+             upto_offset = excluded.upto_offset, metrics = excluded.metrics \
+             WHERE excluded.upto_offset > speed_rows.upto_offset",
         );
         qb.build().execute(&mut *conn).await.map_err(err("speed_rows"))?;
     }
@@ -250,13 +273,13 @@ impl ViewStore for SqliteStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err("speed_rows"))?;
         upsert_speed(&mut tx, topic, rows).await?;
         tx.commit().await.map_err(err("speed_rows"))
     }
 
     async fn finalize_segment(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err("speed_rows"))?;
         sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start = ? AND upto_offset > ?")
             .bind(seal.partition)
             .bind(seal.start)
@@ -275,11 +298,11 @@ impl ViewStore for SqliteStore {
         );
         push_range(&mut qb, query);
         qb.push(")");
-        type Packed = (i64, Vec<Option<String>>, i32, i64, i64, Vec<i128>);
+        type Packed = (i64, Vec<Option<String>>, i32, i64, i64, Metrics);
         let rows: Vec<Packed> = self.fetch_packed(qb, "speed_rows").await?;
         Ok(rows
             .into_iter()
-            .map(|(bucket_start, dims, partition, segment_start, upto_offset, metrics)| SpeedRow {
+            .map(|(bucket_start, dims, partition, segment_start, upto_offset, Metrics(metrics))| SpeedRow {
                 key: ViewKey { view: query.view.clone(), granularity: query.granularity, bucket_start, dims },
                 partition,
                 segment_start,
@@ -438,10 +461,10 @@ impl ViewStore for SqliteStore {
         qb.push_bind(generation).push(" AND");
         push_range(&mut qb, query);
         qb.push(")");
-        let rows: Vec<(i64, Vec<Option<String>>, Vec<i128>)> = self.fetch_packed(qb, "batch_rows").await?;
+        let rows: Vec<(i64, Vec<Option<String>>, Metrics)> = self.fetch_packed(qb, "batch_rows").await?;
         Ok(rows
             .into_iter()
-            .map(|(bucket_start, dims, metrics)| BatchRow {
+            .map(|(bucket_start, dims, Metrics(metrics))| BatchRow {
                 key: ViewKey { view: query.view.clone(), granularity: query.granularity, bucket_start, dims },
                 metrics,
             })

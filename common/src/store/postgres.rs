@@ -1,0 +1,602 @@
+//! PostgreSQL backend of the view store (sqlx): `postgres://user:password@host:port/database`.
+//!
+//! Schema: the versioned migrations in `common/migrations/postgres/`, applied by `lambda store init` and on
+//! open (sqlx's migrator holds an advisory lock while it runs, so services starting together apply them
+//! once). Same tables and the same JSON text columns as the SQLite store.
+//!
+//! Concurrency (READ COMMITTED, PostgreSQL's default; each statement sees what was committed before it
+//! began):
+//! - *speed rows against seals*: a speed-row write takes a shared transaction-level advisory lock per
+//!   segment it writes, then reads the segment's seal in a **separate statement** (a statement's snapshot is
+//!   taken when it starts, so a seal read in the same statement as the lock could miss a seal committed
+//!   while it waited); [`ViewStore::record_seal`] takes the same lock exclusively. So a seal is either
+//!   seen by a write (which then drops rows past it), or recorded after the write committed (and the
+//!   owner's [`ViewStore::finalize_segment`] deletes what the write left past it). See "Advisory Locks" in
+//!   the PostgreSQL manual (§13.3.5).
+//! - *fencing*: a fenced write runs in a transaction whose first statement updates the lease row
+//!   (`... WHERE holder = $ AND token = $ AND expires_at >= clock_timestamp()`), which row-locks it until
+//!   commit; a concurrent take-over (`INSERT ... ON CONFLICT DO UPDATE` on the same row) waits for that
+//!   commit and then re-checks its condition on the new row version.
+//! - *conflicting upserts*: rows are written sorted by key, so two writers of the same cells (a zombie and
+//!   the new owner) lock them in the same order; a deadlock PostgreSQL still reports is a retryable error.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use super::{
+    decode_dims, decode_metrics, encode_dims, encode_metrics, BatchRow, Lease, Manifest, RowQuery, Seal, SpeedRow,
+    ViewKey, ViewStore,
+};
+use crate::error::{Error, Result};
+
+/// Rows per `INSERT ... SELECT FROM UNNEST(...)` statement: one round trip each, and the arrays of a chunk
+/// (about 200 bytes a row) bound the memory a large flush takes.
+const ROWS_PER_STATEMENT: usize = 5_000;
+
+/// The versioned schema (`common/migrations/postgres/`), embedded in the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL view store.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn err(table: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::Store { table, source }
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    ttl.as_millis().try_into().unwrap_or(i64::MAX)
+}
+
+/// The advisory-lock key of a segment (see the module docs): `hashtextextended` of this text.
+fn segment_lock_key(topic: &str, partition: i32, start: i64) -> String {
+    format!("lambda/segment/{topic}/{partition}/{start}")
+}
+
+impl PostgresStore {
+    /// Connects to `url` with a pool of at most `max_connections` and applies pending migrations.
+    ///
+    /// Errors: [`Error::Store`] when the server is unreachable or refuses the login, or a migration fails
+    /// (for example one already applied was changed: the message names its version).
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self> {
+        let store = Self::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without touching the schema.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url).map_err(err("open"))?.application_name("lambda");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(err("open"))?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Applies the migrations not yet applied; returns the versions it applied (empty when up to date).
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let before: Vec<i64> = self.applied_migrations().await.unwrap_or_default();
+        MIGRATOR.run(&self.pool).await.map_err(|e| Error::Store { table: "migrations", source: e.into() })?;
+        let after = self.applied_migrations().await?;
+        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+    }
+
+    /// Versions recorded in sqlx's `_sqlx_migrations` table, ascending.
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("migrations"))
+    }
+
+    /// The connection pool (for SQL views and ad-hoc inspection).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Begins a transaction that holds the lease row locked and has checked `fence` (see the module docs).
+    async fn fenced(&self, fence: &Lease, table: &'static str) -> Result<sqlx::Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await.map_err(err(table))?;
+        let held = sqlx::query(
+            "UPDATE leases SET token = token WHERE name = $1 AND holder = $2 AND token = $3 \
+             AND expires_at >= clock_timestamp()",
+        )
+        .bind(&fence.name)
+        .bind(&fence.holder)
+        .bind(fence.token)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("leases"))?;
+        if held.rows_affected() != 1 {
+            return Err(Error::Fenced { name: fence.name.clone(), holder: fence.holder.clone(), token: fence.token });
+        }
+        Ok(tx)
+    }
+}
+
+/// The current (highest published) generation, 0 when none.
+async fn current_generation(conn: &mut PgConnection) -> Result<i64> {
+    sqlx::query_scalar("SELECT coalesce(max(generation), 0)::BIGINT FROM manifests")
+        .fetch_one(conn)
+        .await
+        .map_err(err("manifests"))
+}
+
+/// Upserts `rows` under the speed-row rules (larger `upto_offset` replaces; nothing past a recorded seal of
+/// the row's segment), inside the caller's transaction. Takes the segments' advisory locks shared first.
+async fn upsert_speed(conn: &mut PgConnection, topic: &str, rows: &[SpeedRow]) -> Result<()> {
+    let mut segments: Vec<(i32, i64)> = rows.iter().map(|r| (r.partition, r.segment_start)).collect();
+    segments.sort_unstable();
+    segments.dedup();
+    let mut seal_ends: BTreeMap<(i32, i64), i64> = BTreeMap::new();
+    for &(partition, start) in &segments {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(segment_lock_key(topic, partition, start))
+            .execute(&mut *conn)
+            .await
+            .map_err(err("seals"))?;
+        let end: Option<i64> = sqlx::query_scalar(
+            "SELECT end_offset FROM seals WHERE topic = $1 AND kafka_partition = $2 AND start_offset = $3",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(start)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(err("seals"))?;
+        if let Some(end) = end {
+            seal_ends.insert((partition, start), end);
+        }
+    }
+    // One row per key, the largest upto_offset (ON CONFLICT DO UPDATE cannot touch a row twice in one
+    // statement), sorted by key so concurrent writers lock rows in the same order.
+    let mut kept: Vec<&SpeedRow> = rows
+        .iter()
+        .filter(|r| seal_ends.get(&(r.partition, r.segment_start)).is_none_or(|&end| r.upto_offset <= end))
+        .collect();
+    kept.sort_by(|a, b| {
+        (&a.key, a.partition, a.segment_start, std::cmp::Reverse(a.upto_offset)).cmp(&(
+            &b.key,
+            b.partition,
+            b.segment_start,
+            std::cmp::Reverse(b.upto_offset),
+        ))
+    });
+    kept.dedup_by(|later, first| {
+        later.key == first.key && later.partition == first.partition && later.segment_start == first.segment_start
+    });
+    for chunk in kept.chunks(ROWS_PER_STATEMENT) {
+        let mut views = Vec::with_capacity(chunk.len());
+        let mut granularities = Vec::with_capacity(chunk.len());
+        let mut buckets = Vec::with_capacity(chunk.len());
+        let mut dims = Vec::with_capacity(chunk.len());
+        let mut partitions = Vec::with_capacity(chunk.len());
+        let mut starts = Vec::with_capacity(chunk.len());
+        let mut uptos = Vec::with_capacity(chunk.len());
+        let mut metrics = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            views.push(r.key.view.as_str());
+            granularities.push(r.key.granularity.as_str());
+            buckets.push(r.key.bucket_start);
+            dims.push(encode_dims(&r.key.dims));
+            partitions.push(r.partition);
+            starts.push(r.segment_start);
+            uptos.push(r.upto_offset);
+            metrics.push(encode_metrics(&r.metrics));
+        }
+        sqlx::query(
+            "INSERT INTO speed_rows (view, granularity, bucket_start, dims, kafka_partition, segment_start, \
+             upto_offset, metrics) \
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::INTEGER[], $6::BIGINT[], \
+             $7::BIGINT[], $8::TEXT[]) \
+             ON CONFLICT (view, granularity, bucket_start, dims, kafka_partition, segment_start) DO UPDATE SET \
+             upto_offset = excluded.upto_offset, metrics = excluded.metrics \
+             WHERE excluded.upto_offset > speed_rows.upto_offset",
+        )
+        .bind(&views)
+        .bind(&granularities)
+        .bind(&buckets)
+        .bind(&dims)
+        .bind(&partitions)
+        .bind(&starts)
+        .bind(&uptos)
+        .bind(&metrics)
+        .execute(&mut *conn)
+        .await
+        .map_err(err("speed_rows"))?;
+    }
+    Ok(())
+}
+
+/// `WHERE` conditions of a range read (the caller wrote `WHERE`).
+fn push_range(qb: &mut QueryBuilder<'_, Postgres>, query: &RowQuery) {
+    qb.push(" view = ").push_bind(query.view.clone());
+    qb.push(" AND granularity = ").push_bind(query.granularity.as_str());
+    if let Some(from) = query.from {
+        qb.push(" AND bucket_start >= ").push_bind(from);
+    }
+    if let Some(to) = query.to {
+        qb.push(" AND bucket_start < ").push_bind(to);
+    }
+    if let Some(limit) = query.limit {
+        qb.push(" LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+}
+
+fn corrupt(table: &'static str) -> impl Fn(String) -> Error {
+    move |message| Error::StoreCorrupt { table, message }
+}
+
+#[async_trait]
+impl ViewStore for PostgresStore {
+    async fn upsert_speed_rows(&self, topic: &str, rows: &[SpeedRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
+        upsert_speed(&mut tx, topic, rows).await?;
+        tx.commit().await.map_err(err("speed_rows"))
+    }
+
+    async fn finalize_segment(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
+        sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = $1 AND segment_start = $2 AND upto_offset > $3")
+            .bind(seal.partition)
+            .bind(seal.start)
+            .bind(seal.end)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("speed_rows"))?;
+        upsert_speed(&mut tx, topic, rows).await?;
+        tx.commit().await.map_err(err("speed_rows"))
+    }
+
+    async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>> {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT bucket_start, dims, kafka_partition, segment_start, upto_offset, metrics FROM speed_rows WHERE",
+        );
+        push_range(&mut qb, query);
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(err("speed_rows"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(SpeedRow {
+                    key: ViewKey {
+                        view: query.view.clone(),
+                        granularity: query.granularity,
+                        bucket_start: r.get(0),
+                        dims: decode_dims(r.get(1)).map_err(corrupt("speed_rows"))?,
+                    },
+                    partition: r.get(2),
+                    segment_start: r.get(3),
+                    upto_offset: r.get(4),
+                    metrics: decode_metrics(r.get(5)).map_err(corrupt("speed_rows"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_seal(&self, topic: &str, seal: Seal) -> Result<Option<Seal>> {
+        let mut tx = self.pool.begin().await.map_err(err("seals"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(segment_lock_key(topic, seal.partition, seal.start))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("seals"))?;
+        sqlx::query(
+            "INSERT INTO seals (topic, kafka_partition, start_offset, end_offset) SELECT $1, $2, $3, $4 \
+             WHERE $3 >= coalesce((SELECT cutoff FROM published_cutoffs WHERE kafka_partition = $2), 0) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(topic)
+        .bind(seal.partition)
+        .bind(seal.start)
+        .bind(seal.end)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("seals"))?;
+        let end: Option<i64> = sqlx::query_scalar(
+            "SELECT end_offset FROM seals WHERE topic = $1 AND kafka_partition = $2 AND start_offset = $3",
+        )
+        .bind(topic)
+        .bind(seal.partition)
+        .bind(seal.start)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err("seals"))?;
+        tx.commit().await.map_err(err("seals"))?;
+        // the recorded seal (ours, or an earlier one); none when refused below the cutoff
+        Ok(end.map(|end| Seal { end, ..seal }))
+    }
+
+    async fn seal_at(&self, topic: &str, partition: i32, start: i64) -> Result<Option<Seal>> {
+        let end: Option<i64> = sqlx::query_scalar(
+            "SELECT end_offset FROM seals WHERE topic = $1 AND kafka_partition = $2 AND start_offset = $3",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(start)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err("seals"))?;
+        Ok(end.map(|end| Seal { partition, start, end }))
+    }
+
+    async fn seals(&self, topic: &str) -> Result<Vec<Seal>> {
+        self.seals_from(topic, &BTreeMap::new()).await
+    }
+
+    async fn seals_from(&self, topic: &str, from: &BTreeMap<i32, i64>) -> Result<Vec<Seal>> {
+        let mut qb =
+            QueryBuilder::<Postgres>::new("SELECT kafka_partition, start_offset, end_offset FROM seals WHERE topic = ");
+        qb.push_bind(topic.to_owned());
+        if !from.is_empty() {
+            qb.push(" AND start_offset >= CASE kafka_partition");
+            for (&partition, &start) in from {
+                qb.push(" WHEN ").push_bind(partition).push(" THEN ").push_bind(start);
+            }
+            qb.push(" ELSE start_offset END");
+        }
+        qb.push(" ORDER BY kafka_partition, start_offset");
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(err("seals"))?;
+        Ok(rows.iter().map(|r| Seal { partition: r.get(0), start: r.get(1), end: r.get(2) }).collect())
+    }
+
+    async fn delete_absorbed(&self, fence: &Lease, topic: &str, cutoffs: &BTreeMap<i32, i64>) -> Result<(u64, u64)> {
+        let mut tx = self.fenced(fence, "speed_rows").await?;
+        let (mut rows, mut seals) = (0, 0);
+        for (&partition, &cutoff) in cutoffs {
+            let done = sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = $1 AND segment_start < $2")
+                .bind(partition)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("speed_rows"))?;
+            rows += done.rows_affected();
+            let done = sqlx::query("DELETE FROM seals WHERE topic = $1 AND kafka_partition = $2 AND start_offset < $3")
+                .bind(topic)
+                .bind(partition)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("seals"))?;
+            seals += done.rows_affected();
+        }
+        tx.commit().await.map_err(err("speed_rows"))?;
+        Ok((rows, seals))
+    }
+
+    async fn allocate_generation(&self, fence: &Lease) -> Result<i64> {
+        let mut tx = self.fenced(fence, "counters").await?;
+        let generation: i64 = sqlx::query_scalar(
+            "UPDATE counters SET value = greatest(value, (SELECT coalesce(max(generation), 0) FROM manifests)) + 1 \
+             WHERE name = 'generation' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err("counters"))?;
+        tx.commit().await.map_err(err("counters"))?;
+        Ok(generation)
+    }
+
+    async fn delete_generation(&self, fence: &Lease, generation: i64) -> Result<()> {
+        let mut tx = self.fenced(fence, "batch_rows").await?;
+        if current_generation(&mut tx).await? == generation {
+            return Err(Error::StoreRefused {
+                table: "batch_rows",
+                message: format!("generation {generation} is the published one; it is never deleted"),
+            });
+        }
+        sqlx::query("DELETE FROM batch_rows WHERE generation = $1")
+            .bind(generation)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("batch_rows"))?;
+        tx.commit().await.map_err(err("batch_rows"))
+    }
+
+    async fn write_batch_rows(&self, fence: &Lease, generation: i64, rows: &[BatchRow]) -> Result<()> {
+        let mut tx = self.fenced(fence, "batch_rows").await?;
+        let published: Option<i64> = sqlx::query_scalar("SELECT generation FROM manifests WHERE generation = $1")
+            .bind(generation)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err("manifests"))?;
+        if published.is_some() {
+            return Err(Error::StoreRefused {
+                table: "batch_rows",
+                message: format!("generation {generation} is published; its rows are never rewritten"),
+            });
+        }
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let views: Vec<&str> = chunk.iter().map(|r| r.key.view.as_str()).collect();
+            let granularities: Vec<&str> = chunk.iter().map(|r| r.key.granularity.as_str()).collect();
+            let buckets: Vec<i64> = chunk.iter().map(|r| r.key.bucket_start).collect();
+            let dims: Vec<String> = chunk.iter().map(|r| encode_dims(&r.key.dims)).collect();
+            let metrics: Vec<String> = chunk.iter().map(|r| encode_metrics(&r.metrics)).collect();
+            sqlx::query(
+                "INSERT INTO batch_rows (generation, view, granularity, bucket_start, dims, metrics) \
+                 SELECT $1, * FROM UNNEST($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])",
+            )
+            .bind(generation)
+            .bind(&views)
+            .bind(&granularities)
+            .bind(&buckets)
+            .bind(&dims)
+            .bind(&metrics)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("batch_rows"))?;
+        }
+        tx.commit().await.map_err(err("batch_rows"))
+    }
+
+    async fn batch_rows(&self, generation: i64, query: &RowQuery) -> Result<Vec<BatchRow>> {
+        let mut qb =
+            QueryBuilder::<Postgres>::new("SELECT bucket_start, dims, metrics FROM batch_rows WHERE generation = ");
+        qb.push_bind(generation).push(" AND");
+        push_range(&mut qb, query);
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(err("batch_rows"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(BatchRow {
+                    key: ViewKey {
+                        view: query.view.clone(),
+                        granularity: query.granularity,
+                        bucket_start: r.get(0),
+                        dims: decode_dims(r.get(1)).map_err(corrupt("batch_rows"))?,
+                    },
+                    metrics: decode_metrics(r.get(2)).map_err(corrupt("batch_rows"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn generations(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT DISTINCT generation FROM batch_rows ORDER BY generation")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("batch_rows"))
+    }
+
+    async fn published_generations(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar("SELECT generation FROM manifests ORDER BY generation")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err("manifests"))
+    }
+
+    async fn publish_manifest(&self, fence: &Lease, manifest: &Manifest) -> Result<()> {
+        let body = serde_json::to_string(manifest).expect("manifest serializes");
+        let mut tx = self.fenced(fence, "manifests").await?;
+        let current = current_generation(&mut tx).await?;
+        if manifest.generation <= current {
+            return Err(Error::StoreRefused {
+                table: "manifests",
+                message: format!("generation {} is not above the published generation {current}", manifest.generation),
+            });
+        }
+        sqlx::query("INSERT INTO manifests (generation, body) VALUES ($1, $2::JSONB)")
+            .bind(manifest.generation)
+            .bind(body)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("manifests"))?;
+        let (partitions, cutoffs): (Vec<i32>, Vec<i64>) = manifest.cutoffs.iter().map(|(&p, &c)| (p, c)).unzip();
+        sqlx::query(
+            "INSERT INTO published_cutoffs (kafka_partition, cutoff) SELECT * FROM UNNEST($1::INTEGER[], $2::BIGINT[]) \
+             ON CONFLICT (kafka_partition) DO UPDATE SET \
+             cutoff = greatest(published_cutoffs.cutoff, excluded.cutoff)",
+        )
+        .bind(&partitions)
+        .bind(&cutoffs)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("published_cutoffs"))?;
+        tx.commit().await.map_err(err("manifests"))
+    }
+
+    async fn current_manifest(&self) -> Result<Option<Manifest>> {
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body::TEXT FROM manifests ORDER BY generation DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err("manifests"))?;
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|e| Error::StoreCorrupt { table: "manifests", message: e.to_string() })
+        })
+        .transpose()
+    }
+
+    async fn delete_manifests_before(&self, fence: &Lease, generation: i64) -> Result<()> {
+        let mut tx = self.fenced(fence, "manifests").await?;
+        sqlx::query("DELETE FROM manifests WHERE generation < $1")
+            .bind(generation)
+            .execute(&mut *tx)
+            .await
+            .map_err(err("manifests"))?;
+        tx.commit().await.map_err(err("manifests"))
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (name, holder, expires_at, token) \
+             VALUES ($1, $2, clock_timestamp() + $3 * INTERVAL '1 millisecond', 1) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, \
+             token = leases.token + 1 WHERE leases.expires_at < clock_timestamp() RETURNING token",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(ttl_ms(ttl))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err("leases"))?;
+        Ok(token.map(|token| Lease { name: name.to_owned(), holder: holder.to_owned(), token }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE leases SET expires_at = clock_timestamp() + $1 * INTERVAL '1 millisecond' \
+             WHERE name = $2 AND holder = $3 AND token = $4 AND expires_at >= clock_timestamp()",
+        )
+        .bind(ttl_ms(ttl))
+        .bind(&lease.name)
+        .bind(&lease.holder)
+        .bind(lease.token)
+        .execute(&self.pool)
+        .await
+        .map_err(err("leases"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        sqlx::query("UPDATE leases SET expires_at = '-infinity' WHERE name = $1 AND holder = $2 AND token = $3")
+            .bind(&lease.name)
+            .bind(&lease.holder)
+            .bind(lease.token)
+            .execute(&self.pool)
+            .await
+            .map_err(err("leases"))?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(err("ping"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_lock_keys_differ_by_topic_partition_and_start() {
+        let keys = [
+            segment_lock_key("events", 0, 100),
+            segment_lock_key("events", 1, 100),
+            segment_lock_key("events", 0, 101),
+            segment_lock_key("other", 0, 100),
+            segment_lock_key("events", 10, 0),
+            segment_lock_key("events", 1, 0),
+        ];
+        let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+    }
+
+    #[test]
+    fn the_migrations_are_embedded_in_version_order() {
+        let versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        assert!(!versions.is_empty());
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    }
+}

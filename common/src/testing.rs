@@ -1,0 +1,36 @@
+//! Helpers the test suites and benchmarks share: a scratch PostgreSQL database per test.
+//!
+//! The PostgreSQL tests run against the server named by `LAMBDA_TEST_POSTGRES` (a URL whose user may
+//! create databases, e.g. `postgres://lambda@127.0.0.1:55432/postgres`; `.ci/run` starts one with
+//! `deploy/postgres/scratch-cluster`). Without it each such test prints one `SKIPPED` line and passes,
+//! unless `LAMBDA_REQUIRE_POSTGRES=1` (set by CI) makes a missing server a failure.
+
+/// The environment variable naming the test server.
+pub const POSTGRES_ENV: &str = "LAMBDA_TEST_POSTGRES";
+
+/// A fresh database on the test server for `test` (its URL), or `None` after printing
+/// `SKIPPED <test> (set LAMBDA_TEST_POSTGRES=...)` when no server is configured.
+///
+/// Panics when the server is configured but refuses, or when `LAMBDA_REQUIRE_POSTGRES=1` and none is.
+pub async fn scratch_postgres(test: &str) -> Option<String> {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(admin) if !admin.is_empty() => Some(
+            crate::store::create_scratch_postgres_database(&admin, test)
+                .await
+                .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={}: {e}", crate::store::redact(&admin))),
+        ),
+        _ => {
+            assert!(
+                std::env::var("LAMBDA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "LAMBDA_REQUIRE_POSTGRES=1 but {POSTGRES_ENV} is not set"
+            );
+            // straight to the stream: the test harness captures print macros of passing tests
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test} on PostgreSQL (set {POSTGRES_ENV}=postgres://user@127.0.0.1:5432/postgres)"
+            );
+            None
+        }
+    }
+}

@@ -25,6 +25,10 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `info,rdkafka=warn`.
     #[arg(long, global = true, default_value = "info", env = "RUST_LOG")]
     log: String,
+    /// Serve this process's Prometheus metrics at http://ADDR/metrics (speed, archive, batch schedule; serve
+    /// has them on serve.listen too), e.g. 0.0.0.0:9101.
+    #[arg(long, global = true, env = "LAMBDA_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,8 +71,10 @@ enum Command {
         #[command(subcommand)]
         command: BatchCommand,
     },
-    /// Run the HTTP API.
+    /// Run the HTTP API (and the SQL mirror when bi.url is set).
     Serve,
+    /// Run only the SQL mirror: copy the views into the PostgreSQL database of bi.url every bi.interval.
+    Mirror,
     /// Send events from a .csv or .jsonl file to Kafka, keyed by schema.message_key.
     Produce {
         #[arg(long)]
@@ -230,6 +236,16 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let config = Config::load(cli.config.as_deref())?;
     let shutdown = common::shutdown::on_signal();
+    if let Some(addr) = cli.metrics_listen {
+        // bound before the layer starts, so a taken port fails the start instead of every scrape
+        let listener = serving_layer::bind(addr).await.context("--metrics-listen")?;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serving_layer::serve_metrics(listener, stop).await {
+                tracing::error!(error = %e, "the metrics server stopped");
+            }
+        });
+    }
     match cli.command {
         Command::Demo { input, events, rate, duplicates, listen, data_dir, batch_cron, store } => {
             let options = DemoOptions {
@@ -279,7 +295,19 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve => {
             let store = common::store::open_config(&config.store).await?;
-            serving_layer::run(config, store, shutdown).await?;
+            let mirror = (!config.bi.url.is_empty())
+                .then(|| tokio::spawn(serving_layer::mirror::run(config.clone(), store.clone(), shutdown.clone())));
+            let served = serving_layer::run(config, store, shutdown.clone()).await;
+            shutdown.cancel();
+            if let Some(mirror) = mirror {
+                mirror.await.context("the SQL mirror panicked")?.context("SQL mirror (bi.url)")?;
+            }
+            served?;
+        }
+        Command::Mirror => {
+            anyhow::ensure!(!config.bi.url.is_empty(), "bi.url is not set: nothing to mirror to");
+            let store = common::store::open_config(&config.store).await?;
+            serving_layer::mirror::run(config, store, shutdown).await?;
         }
         Command::Produce { input, brokers, topic, rate, duplicates } => {
             let mut config = config;

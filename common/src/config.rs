@@ -32,6 +32,31 @@ pub struct Config {
     pub speed: SpeedConfig,
     pub batch: BatchConfig,
     pub serve: ServeConfig,
+    #[serde(default)]
+    pub bi: BiConfig,
+}
+
+/// `[bi]`: the SQL mirror that copies the views into PostgreSQL for BI tools when the store is not
+/// PostgreSQL itself (issue 10, item 4; run by `lambda serve` when `url` is set, or by `lambda mirror`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BiConfig {
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` of the mirror; empty (default): no mirror.
+    #[serde(default)]
+    pub url: String,
+    /// A mirror pass runs this often; the mirror lags the store by at most about this much.
+    #[serde(with = "humantime_serde", default = "default_bi_interval")]
+    pub interval: Duration,
+}
+
+fn default_bi_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for BiConfig {
+    fn default() -> Self {
+        BiConfig { url: String::new(), interval: default_bi_interval() }
+    }
 }
 
 /// `[kafka]`: where the events are and the consumer groups that read them.
@@ -406,6 +431,26 @@ impl Config {
                     crate::store::redact(url)
                 ),
             ));
+        }
+        if !self.bi.url.is_empty() {
+            if !(self.bi.url.starts_with("postgres:") || self.bi.url.starts_with("postgresql:")) {
+                return Err(Error::invalid(
+                    "bi.url",
+                    format!(
+                        "`{}`: the mirror is a PostgreSQL database (postgres://...)",
+                        crate::store::redact(&self.bi.url)
+                    ),
+                ));
+            }
+            if self.bi.url == self.store.url {
+                return Err(Error::invalid(
+                    "bi.url",
+                    "is the store itself: a PostgreSQL store needs no mirror; point the BI tool at it",
+                ));
+            }
+            if self.bi.interval.is_zero() {
+                return Err(Error::invalid("bi.interval", "must be above 0s"));
+            }
         }
         if self.store.max_connections == 0 {
             return Err(Error::invalid("store.max_connections", "must be at least 1"));

@@ -41,12 +41,23 @@ pub enum Error {
 
 impl Error {
     /// True when retrying the same operation later may succeed (a busy or unreachable store, an I/O hiccup).
+    ///
+    /// A PostgreSQL error is retryable by its SQLSTATE class only (PostgreSQL manual, Appendix A): connection
+    /// exceptions (08), serialization failures and deadlocks (40001, 40P01), insufficient resources (53),
+    /// an administrator shutdown or crash (57P01-57P03), a lock timeout (55P03) and a read-only
+    /// transaction after a failover (25006). Everything else (a value too long for an index, a missing
+    /// table, a permission) will fail the same way again. SQLite's errors are `SQLITE_BUSY`-like and
+    /// retried.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Store { source, .. } => matches!(
-                source,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Database(_)
-            ),
+            Error::Store { source, .. } => match source {
+                sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+                sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    Some(pg) => retryable_sqlstate(pg.code()),
+                    None => true,
+                },
+                _ => false,
+            },
             Error::Io { .. } => true,
             _ => false,
         }
@@ -58,5 +69,28 @@ impl Error {
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+}
+
+/// Whether a PostgreSQL SQLSTATE names a condition that can pass (see [`Error::is_retryable`]).
+pub fn retryable_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03" | "25006")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retryable_sqlstate;
+
+    #[test]
+    fn only_passing_postgres_conditions_are_retried() {
+        for code in ["08006", "08001", "40001", "40P01", "53300", "57P01", "55P03", "25006"] {
+            assert!(retryable_sqlstate(code), "{code}");
+        }
+        // index row too big, invalid byte sequence, unique violation, permission, missing table, syntax
+        for code in ["54000", "22021", "23505", "42501", "42P01", "42601", "22P05"] {
+            assert!(!retryable_sqlstate(code), "{code}");
+        }
     }
 }

@@ -84,15 +84,20 @@ async fn no_speed_row_outlives_its_seal(store: &dyn ViewStore) {
     // this run seals [100, 200): its rows replace the longer ones, which are deleted, cells included
     let seal = store.record_seal(T, Seal { partition: 0, start: 100, end: 200 }).await.unwrap().unwrap();
     store.finalize_segment(T, seal, &[speed(0, 0, 100, 200, 100)]).await.unwrap();
-    let rows = store.speed_rows(&all()).await.unwrap();
+    let mut rows = store.speed_rows(&all()).await.unwrap();
+    rows.sort_by_key(|r| r.segment_start);
     assert_eq!(rows, vec![speed(0, 0, 0, 100, 100), speed(0, 0, 100, 200, 100)]);
+    let sorted = |mut rows: Vec<SpeedRow>| {
+        rows.sort_by_key(|r| r.segment_start);
+        rows
+    };
     // a zombie still filling [100, ...) can write neither past the seal nor below the final value
     store.upsert_speed_rows(T, &[speed(0, 0, 100, 450, 350), speed(7_200, 0, 100, 201, 1)]).await.unwrap();
     store.upsert_speed_rows(T, &[speed(0, 0, 100, 150, 50)]).await.unwrap();
-    assert_eq!(store.speed_rows(&all()).await.unwrap(), rows);
+    assert_eq!(sorted(store.speed_rows(&all()).await.unwrap()), rows);
     // finalizing again (a replay after a crash before the commit) changes nothing
     store.finalize_segment(T, seal, &[speed(0, 0, 100, 200, 100)]).await.unwrap();
-    assert_eq!(store.speed_rows(&all()).await.unwrap(), rows);
+    assert_eq!(sorted(store.speed_rows(&all()).await.unwrap()), rows);
     // the seal of another topic does not bind this topic's rows
     store.record_seal("other", Seal { partition: 0, start: 500, end: 510 }).await.unwrap();
     store.upsert_speed_rows(T, &[speed(0, 0, 500, 520, 20)]).await.unwrap();
@@ -388,6 +393,35 @@ async fn a_flush_of_100k_rows(store: &dyn ViewStore) {
     assert!(back.iter().zip(&rows).all(|(a, b)| a == b));
 }
 
+/// A dimension value can be long (a URL, a user agent): 10 kB of incompressible text is a key like any
+/// other, and two values that differ only in their last character are two keys (PostgreSQL keys rows by
+/// a hash of the dimensions: a btree entry holds about 2.7 kB).
+async fn long_dimension_values_are_keys(store: &dyn ViewStore) {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let long: String = (0..10_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'!' + (state % 90) as u8)
+        })
+        .collect();
+    let (a, b) = (format!("{long}a"), format!("{long}b"));
+    let row = |dim: &str, upto: i64, count: i128| SpeedRow { key: key(0, Some(dim)), ..speed(0, 0, 0, upto, count) };
+    store.upsert_speed_rows(T, &[row(&a, 10, 1), row(&b, 10, 2)]).await.unwrap();
+    store.upsert_speed_rows(T, &[row(&a, 20, 3)]).await.unwrap();
+    let mut rows = store.speed_rows(&all()).await.unwrap();
+    rows.sort_by_key(|r| r.metrics[0]);
+    assert_eq!(rows, vec![row(&b, 10, 2), row(&a, 20, 3)]);
+    let fence = lease(store).await;
+    let generation = store.allocate_generation(&fence).await.unwrap();
+    let batch = |dim: &str, count: i128| BatchRow { key: key(0, Some(dim)), metrics: vec![count, 0] };
+    store.write_batch_rows(&fence, generation, &[batch(&a, 1), batch(&b, 2)]).await.unwrap();
+    let mut rows = store.batch_rows(generation, &all()).await.unwrap();
+    rows.sort_by_key(|r| r.metrics[0]);
+    assert_eq!(rows, vec![batch(&a, 1), batch(&b, 2)]);
+}
+
 async fn sqlite() -> (tempfile::TempDir, std::sync::Arc<dyn ViewStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store =
@@ -432,7 +466,30 @@ backends!(
     a_racing_zombie_never_outlives_the_seal,
     a_reader_sees_one_generation_whole,
     a_flush_of_100k_rows,
+    long_dimension_values_are_keys,
 );
+
+/// The PostgreSQL backend sets what its concurrency argument needs on every connection, whatever the
+/// database's defaults (a database set to REPEATABLE READ or asynchronous commits is common).
+#[tokio::test]
+async fn postgres_sessions_ignore_unsafe_database_defaults() {
+    let Some(url) = common::testing::scratch_postgres("session_settings").await else { return };
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let admin = common::store::PostgresStore::connect(&url, 1).await.unwrap();
+    for setting in ["default_transaction_isolation = 'repeatable read'", "synchronous_commit = off"] {
+        sqlx::query(&format!("ALTER DATABASE \"{database}\" SET {setting}")).execute(admin.pool()).await.unwrap();
+    }
+    let store = common::store::PostgresStore::open(&url, 2).await.unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let show = |name: &'static str| format!("SHOW {name}");
+    let isolation: String = sqlx::query_scalar(&show("transaction_isolation")).fetch_one(&mut *conn).await.unwrap();
+    let synchronous: String = sqlx::query_scalar(&show("synchronous_commit")).fetch_one(&mut *conn).await.unwrap();
+    let idle: String =
+        sqlx::query_scalar(&show("idle_in_transaction_session_timeout")).fetch_one(&mut *conn).await.unwrap();
+    assert_eq!((isolation.as_str(), synchronous.as_str(), idle.as_str()), ("read committed", "on", "1min"));
+    // a second open finds the schema current and runs no migration
+    assert!(store.migrate().await.unwrap().is_empty());
+}
 
 #[tokio::test]
 async fn sqlite_survives_reopen() {

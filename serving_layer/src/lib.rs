@@ -7,6 +7,7 @@ pub mod answer;
 pub mod api;
 pub mod merge;
 pub mod metrics;
+pub mod mirror;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,4 +56,33 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .map_err(Error::Serve)
+}
+
+/// Serves the process's Prometheus metrics at `GET /metrics` (and a liveness `GET /healthz`) on
+/// `listener` until `shutdown`: the `--metrics-listen` address of `lambda speed`, `archive` and `batch
+/// schedule` (bind it with [`bind`] before the layer starts, so a taken port fails the start).
+pub async fn serve_metrics(listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    use axum::routing::get;
+    let _ = common::telemetry::prometheus();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    common::telemetry::prometheus().render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    info!(addr = %listener.local_addr().map_err(Error::Serve)?, "metrics listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(Error::Serve)
+}
+
+/// Binds `addr`. Errors: [`Error::Bind`] naming it.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
 }

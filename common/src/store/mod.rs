@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use postgres::PostgresStore;
+pub use postgres::{MirrorApplied, MirrorChanges, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use crate::error::{Error, Result};

@@ -4,8 +4,8 @@
 //! open (sqlx's migrator holds an advisory lock while it runs, so services starting together apply them
 //! once). Same tables and the same JSON text columns as the SQLite store.
 //!
-//! Concurrency (READ COMMITTED, PostgreSQL's default; each statement sees what was committed before it
-//! began):
+//! Concurrency (READ COMMITTED, set on every connection whatever the server's default; each statement sees
+//! what was committed before it began):
 //! - *speed rows against seals*: a speed-row write takes a shared transaction-level advisory lock per
 //!   segment it writes, then reads the segment's seal in a **separate statement** (a statement's snapshot is
 //!   taken when it starts, so a seal read in the same statement as the lock could miss a seal committed
@@ -17,8 +17,12 @@
 //!   (`... WHERE holder = $ AND token = $ AND expires_at >= clock_timestamp()`), which row-locks it until
 //!   commit; a concurrent take-over (`INSERT ... ON CONFLICT DO UPDATE` on the same row) waits for that
 //!   commit and then re-checks its condition on the new row version.
+//! - *seals against cutoffs*: a publish takes an exclusive advisory lock per partition's cutoff, a seal's
+//!   check a shared one before its insert, so no seal lands below a cutoff published meanwhile.
 //! - *conflicting upserts*: rows are written sorted by key, so two writers of the same cells (a zombie and
-//!   the new owner) lock them in the same order; a deadlock PostgreSQL still reports is a retryable error.
+//!   the new owner) lock them in the same order; `finalize_segment` takes its segment's lock exclusively
+//!   before deleting. A deadlock PostgreSQL still reports (40P01) is a retryable error.
+//! - *keys*: rows are keyed by `dims_hash = sha256(dims)`, not `dims` (a btree entry holds about 2.7 kB).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -37,9 +41,6 @@ use crate::error::{Error, Result};
 /// Rows per `INSERT ... SELECT FROM UNNEST(...)` statement: one round trip each, and the arrays of a chunk
 /// (about 200 bytes a row) bound the memory a large flush takes.
 const ROWS_PER_STATEMENT: usize = 5_000;
-
-/// The versioned schema (`common/migrations/postgres/`), embedded in the binary.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The PostgreSQL view store.
 #[derive(Debug, Clone)]
@@ -60,6 +61,33 @@ fn segment_lock_key(topic: &str, partition: i32, start: i64) -> String {
     format!("lambda/segment/{topic}/{partition}/{start}")
 }
 
+/// The advisory-lock key of a partition's published cutoff: taken exclusively by a publish, shared by a
+/// seal's check against the cutoff.
+fn cutoff_lock_key(partition: i32) -> String {
+    format!("lambda/cutoff/{partition}")
+}
+
+/// Session settings of every connection, whatever the server, database or role defaults are: the
+/// concurrency argument of the module docs needs READ COMMITTED (under REPEATABLE READ a transaction's
+/// snapshot is taken at its first statement, before a lock wait); a seal must be durable when its commit
+/// returns (it precedes a Kafka commit); and a frozen process (a zombie, a paused VM) must not hold locks
+/// for ever: its idle transaction is ended after a minute, and a lock waited on for 30 s fails the
+/// statement with a retryable error (55P03).
+const SESSION_SETTINGS: [(&str, &str); 4] = [
+    ("default_transaction_isolation", r"read\ committed"), // a space in libpq's options is escaped
+    ("synchronous_commit", "on"),
+    ("lock_timeout", "30s"),
+    ("idle_in_transaction_session_timeout", "60s"),
+];
+
+/// Builds the migrator of `common/migrations/postgres/`. Versions the database has and this binary does
+/// not know (applied by a newer release during a rolling deploy) are accepted.
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
 impl PostgresStore {
     /// Connects to `url` with a pool of at most `max_connections` and applies pending migrations.
     ///
@@ -72,21 +100,40 @@ impl PostgresStore {
     }
 
     /// Connects without touching the schema.
+    ///
+    /// Errors: [`Error::Store`] when unreachable; [`Error::StoreRefused`] for a database whose encoding is
+    /// not UTF8 (dimension values are UTF-8 text).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url).map_err(err("open"))?.application_name("lambda");
+        let options =
+            PgConnectOptions::from_str(url).map_err(err("open"))?.application_name("lambda").options(SESSION_SETTINGS);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await
             .map_err(err("open"))?;
+        let encoding: String =
+            sqlx::query_scalar("SHOW server_encoding").fetch_one(&pool).await.map_err(err("open"))?;
+        if encoding != "UTF8" {
+            return Err(Error::StoreRefused {
+                table: "open",
+                message: format!("the database's encoding is {encoding}; create it with ENCODING 'UTF8'"),
+            });
+        }
         Ok(PostgresStore { pool })
     }
 
     /// Applies the migrations not yet applied; returns the versions it applied (empty when up to date).
+    /// Reads `_sqlx_migrations` first and runs the migrator (which needs CREATE on the schema) only when
+    /// this binary knows a migration the database lacks, so services can run with a role that may only
+    /// read and write the tables once `lambda store init` has run.
     pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let migrator = migrator();
         let before: Vec<i64> = self.applied_migrations().await.unwrap_or_default();
-        MIGRATOR.run(&self.pool).await.map_err(|e| Error::Store { table: "migrations", source: e.into() })?;
+        if migrator.iter().all(|m| before.contains(&m.version)) {
+            return Ok(Vec::new());
+        }
+        migrator.run(&self.pool).await.map_err(|e| Error::Store { table: "migrations", source: e.into() })?;
         let after = self.applied_migrations().await?;
         Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
@@ -122,6 +169,128 @@ impl PostgresStore {
         }
         Ok(tx)
     }
+}
+
+/// What one pass of the SQL mirror changes in a mirror database ([`PostgresStore::apply_mirror`]).
+#[derive(Debug, Default)]
+pub struct MirrorChanges<'a> {
+    /// A manifest to publish (its batch rows written before with [`ViewStore::write_batch_rows`]).
+    pub publish: Option<&'a Manifest>,
+    /// Speed rows to write as they are in the source (new, or with another `upto_offset`).
+    pub upsert: Vec<&'a SpeedRow>,
+    /// Speed rows the source no longer has (absorbed by a batch run, or cut back to a seal).
+    pub delete: Vec<&'a SpeedRow>,
+    /// Published generations to keep (the newest ones); older rows and manifests are deleted.
+    pub keep_generations: usize,
+}
+
+/// Counts of what [`PostgresStore::apply_mirror`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorApplied {
+    pub published: Option<i64>,
+    pub speed_rows_written: u64,
+    pub speed_rows_deleted: u64,
+    pub generations_deleted: u64,
+}
+
+impl PostgresStore {
+    /// Applies one pass of the SQL mirror (issue 10, item 4) in **one transaction**, fenced by the mirror's
+    /// lease: publishes the new manifest, mirrors the speed rows, drops generations past the kept ones. A
+    /// reader of the mirror sees the pass whole or not at all (the merge rule holds in every snapshot).
+    /// Speed rows are written as the source has them (no `upto_offset` condition: the source already
+    /// applied the rules, including cutting rows back to a seal).
+    ///
+    /// Errors: [`Error::Fenced`] when the mirror lost its lease; [`Error::StoreRefused`] for a manifest not
+    /// above the mirror's current one; [`Error::Store`].
+    pub async fn apply_mirror(&self, fence: &Lease, changes: &MirrorChanges<'_>) -> Result<MirrorApplied> {
+        let mut applied = MirrorApplied::default();
+        let mut tx = self.fenced(fence, "manifests").await?;
+        if let Some(manifest) = changes.publish {
+            publish_in(&mut tx, manifest).await?;
+            applied.published = Some(manifest.generation);
+        }
+        for chunk in changes.delete.chunks(ROWS_PER_STATEMENT) {
+            let done = sqlx::query(
+                "DELETE FROM speed_rows s USING UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], \
+                 $5::INTEGER[], $6::BIGINT[]) AS d(view, granularity, bucket_start, dims, kafka_partition, \
+                 segment_start) WHERE s.view = d.view AND s.granularity = d.granularity \
+                 AND s.bucket_start = d.bucket_start AND s.dims_hash = sha256(convert_to(d.dims, 'UTF8')) \
+                 AND s.kafka_partition = d.kafka_partition AND s.segment_start = d.segment_start",
+            )
+            .bind(chunk.iter().map(|r| r.key.view.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.key.granularity.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.key.bucket_start).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| encode_dims(&r.key.dims)).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.partition).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.segment_start).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(err("speed_rows"))?;
+            applied.speed_rows_deleted += done.rows_affected();
+        }
+        applied.speed_rows_written = write_speed_rows(&mut tx, &changes.upsert, false).await?;
+        let keep = i64::try_from(changes.keep_generations.max(1)).unwrap_or(i64::MAX);
+        let oldest_kept: Option<i64> = sqlx::query_scalar(
+            "SELECT min(generation) FROM (SELECT generation FROM manifests ORDER BY generation DESC LIMIT $1) k",
+        )
+        .bind(keep)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err("manifests"))?;
+        if let Some(oldest) = oldest_kept {
+            let done = sqlx::query("DELETE FROM manifests WHERE generation < $1")
+                .bind(oldest)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("manifests"))?;
+            applied.generations_deleted = done.rows_affected();
+            sqlx::query("DELETE FROM batch_rows WHERE generation < $1")
+                .bind(oldest)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("batch_rows"))?;
+        }
+        tx.commit().await.map_err(err("manifests"))?;
+        Ok(applied)
+    }
+}
+
+/// Inserts `manifest` and raises the published cutoffs, inside a fenced transaction; refuses a generation
+/// not above the current one.
+async fn publish_in(conn: &mut PgConnection, manifest: &Manifest) -> Result<()> {
+    let current = current_generation(&mut *conn).await?;
+    if manifest.generation <= current {
+        return Err(Error::StoreRefused {
+            table: "manifests",
+            message: format!("generation {} is not above the published generation {current}", manifest.generation),
+        });
+    }
+    let body = serde_json::to_string(manifest).expect("manifest serializes");
+    sqlx::query("INSERT INTO manifests (generation, body) VALUES ($1, $2::JSONB)")
+        .bind(manifest.generation)
+        .bind(body)
+        .execute(&mut *conn)
+        .await
+        .map_err(err("manifests"))?;
+    let (partitions, cutoffs): (Vec<i32>, Vec<i64>) = manifest.cutoffs.iter().map(|(&p, &c)| (p, c)).unzip();
+    // exclusive per partition (BTreeMap order), so a seal checked against the cutoff waits for this commit
+    for &partition in &partitions {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(cutoff_lock_key(partition))
+            .execute(&mut *conn)
+            .await
+            .map_err(err("published_cutoffs"))?;
+    }
+    sqlx::query(
+        "INSERT INTO published_cutoffs (kafka_partition, cutoff) SELECT * FROM UNNEST($1::INTEGER[], $2::BIGINT[]) \
+         ON CONFLICT (kafka_partition) DO UPDATE SET cutoff = greatest(published_cutoffs.cutoff, excluded.cutoff)",
+    )
+    .bind(&partitions)
+    .bind(&cutoffs)
+    .execute(&mut *conn)
+    .await
+    .map_err(err("published_cutoffs"))?;
+    Ok(())
 }
 
 /// The current (highest published) generation, 0 when none.
@@ -175,47 +344,40 @@ async fn upsert_speed(conn: &mut PgConnection, topic: &str, rows: &[SpeedRow]) -
     kept.dedup_by(|later, first| {
         later.key == first.key && later.partition == first.partition && later.segment_start == first.segment_start
     });
-    for chunk in kept.chunks(ROWS_PER_STATEMENT) {
-        let mut views = Vec::with_capacity(chunk.len());
-        let mut granularities = Vec::with_capacity(chunk.len());
-        let mut buckets = Vec::with_capacity(chunk.len());
-        let mut dims = Vec::with_capacity(chunk.len());
-        let mut partitions = Vec::with_capacity(chunk.len());
-        let mut starts = Vec::with_capacity(chunk.len());
-        let mut uptos = Vec::with_capacity(chunk.len());
-        let mut metrics = Vec::with_capacity(chunk.len());
-        for r in chunk {
-            views.push(r.key.view.as_str());
-            granularities.push(r.key.granularity.as_str());
-            buckets.push(r.key.bucket_start);
-            dims.push(encode_dims(&r.key.dims));
-            partitions.push(r.partition);
-            starts.push(r.segment_start);
-            uptos.push(r.upto_offset);
-            metrics.push(encode_metrics(&r.metrics));
-        }
-        sqlx::query(
-            "INSERT INTO speed_rows (view, granularity, bucket_start, dims, kafka_partition, segment_start, \
-             upto_offset, metrics) \
-             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::INTEGER[], $6::BIGINT[], \
-             $7::BIGINT[], $8::TEXT[]) \
-             ON CONFLICT (view, granularity, bucket_start, dims, kafka_partition, segment_start) DO UPDATE SET \
-             upto_offset = excluded.upto_offset, metrics = excluded.metrics \
-             WHERE excluded.upto_offset > speed_rows.upto_offset",
-        )
-        .bind(&views)
-        .bind(&granularities)
-        .bind(&buckets)
-        .bind(&dims)
-        .bind(&partitions)
-        .bind(&starts)
-        .bind(&uptos)
-        .bind(&metrics)
-        .execute(&mut *conn)
-        .await
-        .map_err(err("speed_rows"))?;
-    }
+    write_speed_rows(conn, &kept, true).await?;
     Ok(())
+}
+
+/// Writes speed rows in chunks of [`ROWS_PER_STATEMENT`], one `INSERT ... SELECT FROM UNNEST` each;
+/// `only_larger`: a stored row is replaced only by a larger `upto_offset` (the speed-row rule), else always
+/// (the mirror copies what the source holds). Returns the rows inserted or replaced.
+async fn write_speed_rows(conn: &mut PgConnection, rows: &[&SpeedRow], only_larger: bool) -> Result<u64> {
+    let condition = if only_larger { " WHERE excluded.upto_offset > speed_rows.upto_offset" } else { "" };
+    let sql = format!(
+        "INSERT INTO speed_rows (view, granularity, bucket_start, dims, dims_hash, kafka_partition, segment_start, \
+         upto_offset, metrics) \
+         SELECT v, g, b, d, sha256(convert_to(d, 'UTF8')), p, s, u, m FROM UNNEST($1::TEXT[], $2::TEXT[], \
+         $3::BIGINT[], $4::TEXT[], $5::INTEGER[], $6::BIGINT[], $7::BIGINT[], $8::TEXT[]) AS r(v, g, b, d, p, s, u, m) \
+         ON CONFLICT (view, granularity, bucket_start, dims_hash, kafka_partition, segment_start) DO UPDATE SET \
+         upto_offset = excluded.upto_offset, metrics = excluded.metrics{condition}"
+    );
+    let mut written = 0;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let done = sqlx::query(&sql)
+            .bind(chunk.iter().map(|r| r.key.view.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.key.granularity.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.key.bucket_start).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| encode_dims(&r.key.dims)).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.partition).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.segment_start).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.upto_offset).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| encode_metrics(&r.metrics)).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await
+            .map_err(err("speed_rows"))?;
+        written += done.rows_affected();
+    }
+    Ok(written)
 }
 
 /// `WHERE` conditions of a range read (the caller wrote `WHERE`).
@@ -250,6 +412,13 @@ impl ViewStore for PostgresStore {
 
     async fn finalize_segment(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
+        // exclusive first: the delete below then never waits on a writer of this segment holding rows in
+        // key order (a deadlock); the shared request of the upsert that follows is this transaction's own
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(segment_lock_key(topic, seal.partition, seal.start))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("seals"))?;
         sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = $1 AND segment_start = $2 AND upto_offset > $3")
             .bind(seal.partition)
             .bind(seal.start)
@@ -289,6 +458,12 @@ impl ViewStore for PostgresStore {
         let mut tx = self.pool.begin().await.map_err(err("seals"))?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(segment_lock_key(topic, seal.partition, seal.start))
+            .execute(&mut *tx)
+            .await
+            .map_err(err("seals"))?;
+        // the cutoff check must see a publish that committed while this waited: lock, then a new statement
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(cutoff_lock_key(seal.partition))
             .execute(&mut *tx)
             .await
             .map_err(err("seals"))?;
@@ -424,8 +599,9 @@ impl ViewStore for PostgresStore {
             let dims: Vec<String> = chunk.iter().map(|r| encode_dims(&r.key.dims)).collect();
             let metrics: Vec<String> = chunk.iter().map(|r| encode_metrics(&r.metrics)).collect();
             sqlx::query(
-                "INSERT INTO batch_rows (generation, view, granularity, bucket_start, dims, metrics) \
-                 SELECT $1, * FROM UNNEST($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])",
+                "INSERT INTO batch_rows (generation, view, granularity, bucket_start, dims, dims_hash, metrics) \
+                 SELECT $1, v, g, b, d, sha256(convert_to(d, 'UTF8')), m \
+                 FROM UNNEST($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[]) AS r(v, g, b, d, m)",
             )
             .bind(generation)
             .bind(&views)
@@ -476,32 +652,8 @@ impl ViewStore for PostgresStore {
     }
 
     async fn publish_manifest(&self, fence: &Lease, manifest: &Manifest) -> Result<()> {
-        let body = serde_json::to_string(manifest).expect("manifest serializes");
         let mut tx = self.fenced(fence, "manifests").await?;
-        let current = current_generation(&mut tx).await?;
-        if manifest.generation <= current {
-            return Err(Error::StoreRefused {
-                table: "manifests",
-                message: format!("generation {} is not above the published generation {current}", manifest.generation),
-            });
-        }
-        sqlx::query("INSERT INTO manifests (generation, body) VALUES ($1, $2::JSONB)")
-            .bind(manifest.generation)
-            .bind(body)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("manifests"))?;
-        let (partitions, cutoffs): (Vec<i32>, Vec<i64>) = manifest.cutoffs.iter().map(|(&p, &c)| (p, c)).unzip();
-        sqlx::query(
-            "INSERT INTO published_cutoffs (kafka_partition, cutoff) SELECT * FROM UNNEST($1::INTEGER[], $2::BIGINT[]) \
-             ON CONFLICT (kafka_partition) DO UPDATE SET \
-             cutoff = greatest(published_cutoffs.cutoff, excluded.cutoff)",
-        )
-        .bind(&partitions)
-        .bind(&cutoffs)
-        .execute(&mut *tx)
-        .await
-        .map_err(err("published_cutoffs"))?;
+        publish_in(&mut tx, manifest).await?;
         tx.commit().await.map_err(err("manifests"))
     }
 
@@ -595,7 +747,7 @@ mod tests {
 
     #[test]
     fn the_migrations_are_embedded_in_version_order() {
-        let versions: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        let versions: Vec<i64> = migrator().iter().map(|m| m.version).collect();
         assert!(!versions.is_empty());
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
     }

@@ -146,12 +146,8 @@ impl Mirror {
             .collect();
         let delete: Vec<&SpeedRow> =
             mirror_rows.iter().filter(|r| !in_source.contains_key(&(&r.key, r.partition, r.segment_start))).collect();
-        let changes = MirrorChanges {
-            publish,
-            upsert,
-            delete,
-            keep_generations: self.config.batch.keep_generations as usize,
-        };
+        let changes =
+            MirrorChanges { publish, upsert, delete, keep_generations: self.config.batch.keep_generations as usize };
         let applied = self.target.apply_mirror(&lease, &changes).await?;
         report.published = applied.published;
         report.speed_rows_written = applied.speed_rows_written;

@@ -1,4 +1,6 @@
-//! Speed-layer benchmark (`cargo bench --bench speed -- [--events N] [--runs R] [--quick] [--core-only] [--json FILE]`).
+//! Speed-layer benchmark (`cargo bench --bench speed -- [--events N] [--runs R] [--quick] [--core-only] [--json FILE]
+//! [--postgres ADMIN_URL]`; with `--postgres` the end-to-end and freshness phases write to a scratch
+//! PostgreSQL database instead of SQLite).
 //! Under `cargo test` it runs in `--quick` mode as a smoke test: it checks results, it asserts no timings.
 //!
 //! 1. **Core, in-process** (one thread), twice: *live* (event times advance at 400k events/s, as in a live
@@ -55,12 +57,23 @@ struct Args {
     json: Option<PathBuf>,
     /// Only the live core runs (for profiling: `perf record ... -- --core-only`).
     core_only: bool,
+    /// End to end and freshness on a PostgreSQL store: a scratch database on this server (admin URL).
+    postgres: Option<String>,
 }
 
 impl Args {
     /// Seconds-long smoke run: what `cargo test` and `--quick` use.
     fn quick() -> Args {
-        Args { events: 20_000, runs: 1, e2e_events: 5_000, probes: 10, load_rate: 200.0, json: None, core_only: false }
+        Args {
+            events: 20_000,
+            runs: 1,
+            e2e_events: 5_000,
+            probes: 10,
+            load_rate: 200.0,
+            json: None,
+            core_only: false,
+            postgres: None,
+        }
     }
 }
 
@@ -73,6 +86,7 @@ fn args() -> Result<Args> {
         load_rate: 2_000.0,
         json: None,
         core_only: false,
+        postgres: None,
     };
     // `cargo bench` passes --bench; `cargo test` (which runs this target as a smoke test) does not.
     if !std::env::args().any(|a| a == "--bench") {
@@ -91,6 +105,7 @@ fn args() -> Result<Args> {
             "--load-rate" => a.load_rate = value()?.parse()?,
             "--json" => a.json = Some(value()?.into()),
             "--core-only" => a.core_only = true,
+            "--postgres" => a.postgres = Some(value()?),
             other => bail!("unknown argument `{other}`; see the header of benches/speed.rs"),
         }
     }
@@ -247,21 +262,24 @@ struct Cluster {
     store: Arc<dyn ViewStore>,
 }
 
-async fn cluster(partitions: i32) -> Result<Cluster> {
+async fn cluster(partitions: i32, postgres: Option<&str>) -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let cluster = MockCluster::new(1)?;
     cluster.create_topic("events", partitions, 1)?;
     let mut config = Config::defaults();
     config.kafka.brokers = cluster.bootstrap_servers();
-    config.store.url = format!("sqlite://{}", dir.path().join("views.db").display());
+    config.store.url = match postgres {
+        Some(admin) => common::store::create_scratch_postgres_database(admin, "bench_speed").await?,
+        None => format!("sqlite://{}", dir.path().join("views.db").display()),
+    };
     config.archive.root = dir.path().join("archive");
     let store = common::store::open(&config.store.url).await?;
     Ok(Cluster { _cluster: cluster, config, _dir: dir, store })
 }
 
 /// Produces everything, then times the speed layer from its first visible row to the last record.
-async fn end_to_end(messages: &[Outgoing]) -> Result<(f64, f64)> {
-    let c = cluster(3).await?;
+async fn end_to_end(messages: &[Outgoing], postgres: Option<&str>) -> Result<(f64, f64)> {
+    let c = cluster(3, postgres).await?;
     let stop = CancellationToken::new();
     produce::send(&c.config.kafka, messages, None, &stop).await?;
     let want = expected_count(messages, usize::MAX);
@@ -293,8 +311,8 @@ async fn end_to_end(messages: &[Outgoing]) -> Result<(f64, f64)> {
 }
 
 /// Probe freshness under a steady load: (visible - produced) in milliseconds, sorted.
-async fn freshness(model: &Model, probes: usize, load_rate: f64) -> Result<Vec<f64>> {
-    let c = cluster(3).await?;
+async fn freshness(model: &Model, probes: usize, load_rate: f64, postgres: Option<&str>) -> Result<Vec<f64>> {
+    let c = cluster(3, postgres).await?;
     let stop = CancellationToken::new();
     let speed = tokio::spawn(speed_layer::run(c.config.clone(), c.store.clone(), stop.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -394,9 +412,10 @@ fn main() -> Result<()> {
     let replay = payloads(&model, a.events, 0.02, None, &config)?;
     let replay_series = core_series(&rt, &config, "replay", &replay, a.runs)?;
     drop(replay);
-    let (e2e_rate, join) = rt.block_on(end_to_end(&payloads(&model, a.e2e_events, 0.0, Some(400_000.0), &config)?))?;
+    let (e2e_rate, join) = rt
+        .block_on(end_to_end(&payloads(&model, a.e2e_events, 0.0, Some(400_000.0), &config)?, a.postgres.as_deref()))?;
     println!("end to end: {e2e_rate:.0} events/s (consumer group join took {join:.1} s, excluded)");
-    let lat = rt.block_on(freshness(&model, a.probes, a.load_rate))?;
+    let lat = rt.block_on(freshness(&model, a.probes, a.load_rate, a.postgres.as_deref()))?;
     let (p50, p99, max) = (percentile(&lat, 0.5), percentile(&lat, 0.99), lat[lat.len() - 1]);
     println!(
         "freshness ({} probes, {} events/s load): p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms",

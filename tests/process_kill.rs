@@ -76,3 +76,94 @@ async fn sigkilled_processes(h: Harness) {
     archive.kill9();
     h.shutdown().await;
 }
+
+/// Issue 10, item 5: the four services as separate processes on one PostgreSQL store — `lambda speed`,
+/// `lambda archive`, `lambda batch schedule` and `lambda serve` — each SIGKILLed and restarted in turn
+/// while events are produced (the batch job possibly mid-run, the server mid-request). Each process serves
+/// its own Prometheus metrics (`--metrics-listen`). At the end the answers of the `serve` process equal the
+/// ground truth, first whatever mix of batch and speed rows they come from, then from a manifest that
+/// covers every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_services_on_postgres_survive_sigkill() {
+    // a killed batch run holds the lease until it expires: a short ttl (renewed every third of it)
+    let overrides = format!("{}[batch]\nlease_ttl = \"3s\"\n", support::CRASH_CONFIG);
+    let Some(h) = Harness::start_on_postgres("four_services", 3, &overrides).await else { return };
+    let rows = truth::read_sample();
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut config = h.config.clone();
+    config.serve.listen = free_port();
+    let config_path = h.dir.path().join("lambda.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let metrics: Vec<std::net::SocketAddr> = (0..3).map(|_| free_port()).collect();
+    let with_metrics = |role: &[&str], addr: std::net::SocketAddr| -> Vec<String> {
+        role.iter().map(|s| s.to_string()).chain(["--metrics-listen".to_owned(), addr.to_string()]).collect()
+    };
+    let (speed_args, archive_args, batch_args) = (
+        with_metrics(&["speed"], metrics[0]),
+        with_metrics(&["archive"], metrics[1]),
+        with_metrics(&["batch", "schedule", "--cron", "*/3 * * * * *"], metrics[2]),
+    );
+    let dir = h.dir.path();
+    let mut procs = [
+        Process::new("speed", &as_strs(&speed_args), &config_path, dir),
+        Process::new("archive", &as_strs(&archive_args), &config_path, dir),
+        Process::new("batch", &as_strs(&batch_args), &config_path, dir),
+        Process::new("serve", &["serve"], &config_path, dir),
+    ];
+    for p in &mut procs {
+        p.start();
+    }
+    let http = reqwest::Client::new();
+    let api = format!("http://{}", config.serve.listen);
+
+    let messages = sample_messages(&h.config);
+    let producer = h.spawn_producer(&messages, 250.0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    for round in 0..8 {
+        let speed_since = h.speed_progress().await;
+        h.wait_progress(true, speed_since, PATIENCE).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1_500))).await;
+        let victim = &mut procs[round % 4];
+        victim.kill9();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+        victim.start();
+    }
+    assert!(!producer.is_finished(), "production spans every kill; slow the producer down");
+    producer.await.unwrap();
+    assert_eq!(procs.iter().map(|p| p.starts).collect::<Vec<_>>(), vec![3, 3, 3, 3], "each killed twice");
+
+    // the server process answers the ground truth, then from a manifest that covers every record
+    let expected = truth::expected(&rows);
+    let deadline = std::time::Instant::now() + 2 * PATIENCE;
+    let ends = h.log_end().await;
+    loop {
+        let answered = async {
+            let manifest: serde_json::Value =
+                http.get(format!("{api}/v1/manifest")).send().await.ok()?.json().await.ok()?;
+            let covers = ends.iter().all(|(p, end)| manifest["cutoffs"][p.to_string()].as_i64() == Some(*end));
+            let (actual, _, _) = support::answers(&http, &api).await;
+            Some((covers, actual))
+        };
+        if let Some((covers, actual)) = answered.await {
+            if covers {
+                assert_eq!(actual, expected, "{}", truth::diff(&expected, &actual));
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no manifest reached the log end {ends:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // each process exports its own metrics
+    for (addr, metric) in metrics.iter().zip(["speed_records_total", "archive_records_total", "batch_runs_total"]) {
+        let text = http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(text.contains(metric), "{metric} missing at {addr}:\n{text}");
+    }
+    for p in &mut procs {
+        p.kill9();
+    }
+    h.shutdown().await;
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

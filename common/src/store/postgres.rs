@@ -275,11 +275,7 @@ async fn publish_in(conn: &mut PgConnection, manifest: &Manifest) -> Result<()> 
     let (partitions, cutoffs): (Vec<i32>, Vec<i64>) = manifest.cutoffs.iter().map(|(&p, &c)| (p, c)).unzip();
     // exclusive per partition (BTreeMap order), so a seal checked against the cutoff waits for this commit
     for &partition in &partitions {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(cutoff_lock_key(partition))
-            .execute(&mut *conn)
-            .await
-            .map_err(err("published_cutoffs"))?;
+        advisory_lock(conn, Lock::Exclusive, &cutoff_lock_key(partition), "published_cutoffs").await?;
     }
     sqlx::query(
         "INSERT INTO published_cutoffs (kafka_partition, cutoff) SELECT * FROM UNNEST($1::INTEGER[], $2::BIGINT[]) \
@@ -290,6 +286,24 @@ async fn publish_in(conn: &mut PgConnection, manifest: &Manifest) -> Result<()> 
     .execute(&mut *conn)
     .await
     .map_err(err("published_cutoffs"))?;
+    Ok(())
+}
+
+/// How a transaction-level advisory lock is taken.
+#[derive(Debug, Clone, Copy)]
+enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// Takes the advisory lock named `key` (`hashtextextended` of it) until the end of the transaction, in a
+/// statement of its own: what the caller reads next is read after the wait (see the module docs).
+async fn advisory_lock(conn: &mut PgConnection, mode: Lock, key: &str, table: &'static str) -> Result<()> {
+    let sql = match mode {
+        Lock::Shared => "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
+        Lock::Exclusive => "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+    };
+    sqlx::query(sql).bind(key).execute(conn).await.map_err(err(table))?;
     Ok(())
 }
 
@@ -309,11 +323,7 @@ async fn upsert_speed(conn: &mut PgConnection, topic: &str, rows: &[SpeedRow]) -
     segments.dedup();
     let mut seal_ends: BTreeMap<(i32, i64), i64> = BTreeMap::new();
     for &(partition, start) in &segments {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
-            .bind(segment_lock_key(topic, partition, start))
-            .execute(&mut *conn)
-            .await
-            .map_err(err("seals"))?;
+        advisory_lock(conn, Lock::Shared, &segment_lock_key(topic, partition, start), "seals").await?;
         let end: Option<i64> = sqlx::query_scalar(
             "SELECT end_offset FROM seals WHERE topic = $1 AND kafka_partition = $2 AND start_offset = $3",
         )
@@ -414,11 +424,7 @@ impl ViewStore for PostgresStore {
         let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
         // exclusive first: the delete below then never waits on a writer of this segment holding rows in
         // key order (a deadlock); the shared request of the upsert that follows is this transaction's own
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(segment_lock_key(topic, seal.partition, seal.start))
-            .execute(&mut *tx)
-            .await
-            .map_err(err("seals"))?;
+        advisory_lock(&mut tx, Lock::Exclusive, &segment_lock_key(topic, seal.partition, seal.start), "seals").await?;
         sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = $1 AND segment_start = $2 AND upto_offset > $3")
             .bind(seal.partition)
             .bind(seal.start)
@@ -456,17 +462,9 @@ impl ViewStore for PostgresStore {
 
     async fn record_seal(&self, topic: &str, seal: Seal) -> Result<Option<Seal>> {
         let mut tx = self.pool.begin().await.map_err(err("seals"))?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(segment_lock_key(topic, seal.partition, seal.start))
-            .execute(&mut *tx)
-            .await
-            .map_err(err("seals"))?;
+        advisory_lock(&mut tx, Lock::Exclusive, &segment_lock_key(topic, seal.partition, seal.start), "seals").await?;
         // the cutoff check must see a publish that committed while this waited: lock, then a new statement
-        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
-            .bind(cutoff_lock_key(seal.partition))
-            .execute(&mut *tx)
-            .await
-            .map_err(err("seals"))?;
+        advisory_lock(&mut tx, Lock::Shared, &cutoff_lock_key(seal.partition), "seals").await?;
         sqlx::query(
             "INSERT INTO seals (topic, kafka_partition, start_offset, end_offset) SELECT $1, $2, $3, $4 \
              WHERE $3 >= coalesce((SELECT cutoff FROM published_cutoffs WHERE kafka_partition = $2), 0) \

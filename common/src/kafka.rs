@@ -40,6 +40,34 @@ pub fn subscribe(kafka: &KafkaConfig, group_id: &str) -> KafkaResult<Arc<StreamC
     Ok(Arc::new(consumer))
 }
 
+/// The consumer [`subscribe`] returns.
+pub type GroupConsumer = StreamConsumer<AssignmentContext>;
+
+/// Seeks `partition` of `topic` to `offset`, on a blocking thread (librdkafka's seek waits up to 10 s).
+pub async fn seek(consumer: &Arc<GroupConsumer>, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
+    let (consumer, topic) = (consumer.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        consumer.seek(&topic, partition, rdkafka::Offset::Offset(offset), std::time::Duration::from_secs(10))
+    })
+    .await
+    .expect("seek task does not panic")
+}
+
+/// The log start (low watermark) of `partition` of `topic`, asked of the broker on a blocking thread:
+/// a network round trip (rust-rdkafka has no cached watermark read), so callers pay it only at gaps.
+pub async fn low_watermark(
+    consumer: &Arc<GroupConsumer>,
+    topic: &str,
+    partition: i32,
+    timeout: std::time::Duration,
+) -> KafkaResult<i64> {
+    let (consumer, topic) = (consumer.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, timeout))
+        .await
+        .expect("fetch_watermarks task does not panic")
+        .map(|(low, _)| low)
+}
+
 /// Settings of a plain client (metadata and watermark reads, no group): the brokers, then the user's
 /// `[kafka.client]` overrides.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {

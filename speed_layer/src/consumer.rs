@@ -226,13 +226,8 @@ impl SpeedLayer {
     /// before the speed layer read them (librdkafka resets an out-of-range position to the log start and
     /// only logs it): those are reported. One watermark request, paid only at such jumps.
     async fn report_lost(&self, partition: i32, expected: i64, got: i64) {
-        let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
-        let watermarks =
-            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)))
-                .await
-                .expect("fetch_watermarks task does not panic");
-        match watermarks {
-            Ok((low, _)) if low > expected => {
+        match common::kafka::low_watermark(&self.consumer, self.topic(), partition, Duration::from_secs(5)).await {
+            Ok(low) if low > expected => {
                 let lost = low.min(got) - expected;
                 error!(
                     partition,
@@ -255,13 +250,7 @@ impl SpeedLayer {
     }
 
     async fn seek(&self, partition: i32, offset: i64) -> Result<()> {
-        let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
-        tokio::task::spawn_blocking(move || {
-            consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10))
-        })
-        .await
-        .expect("seek task does not panic")
-        .map_err(Error::kafka("seek"))
+        common::kafka::seek(&self.consumer, self.topic(), partition, offset).await.map_err(Error::kafka("seek"))
     }
 
     async fn committed_offset(&self, partition: i32) -> Result<Option<i64>> {

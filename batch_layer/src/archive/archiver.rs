@@ -245,13 +245,8 @@ impl Archiver {
     }
 
     async fn low_watermark(&self, partition: i32) -> Option<i64> {
-        let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
-        let read =
-            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)))
-                .await
-                .expect("fetch_watermarks task does not panic");
-        match read {
-            Ok((low, _)) => Some(low),
+        match common::kafka::low_watermark(&self.consumer, self.topic(), partition, Duration::from_secs(10)).await {
+            Ok(low) => Some(low),
             Err(e) => {
                 warn!(partition, error = %e, "cannot read the low watermark");
                 None
@@ -260,13 +255,7 @@ impl Archiver {
     }
 
     async fn seek(&self, partition: i32, offset: i64) -> Result<()> {
-        let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
-        tokio::task::spawn_blocking(move || {
-            consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10))
-        })
-        .await
-        .expect("seek task does not panic")
-        .map_err(Error::kafka("seek"))
+        common::kafka::seek(&self.consumer, self.topic(), partition, offset).await.map_err(Error::kafka("seek"))
     }
 
     /// Decides where `partition` reads next from its files ([`files::resume_plan`]), seeks there and returns

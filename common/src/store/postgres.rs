@@ -210,22 +210,14 @@ impl PostgresStore {
             applied.published = Some(manifest.generation);
         }
         for chunk in changes.delete.chunks(ROWS_PER_STATEMENT) {
-            let done = sqlx::query(
+            let delete = sqlx::query(
                 "DELETE FROM speed_rows s USING UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], \
                  $5::INTEGER[], $6::BIGINT[]) AS d(view, granularity, bucket_start, dims, kafka_partition, \
                  segment_start) WHERE s.view = d.view AND s.granularity = d.granularity \
                  AND s.bucket_start = d.bucket_start AND s.dims_hash = sha256(convert_to(d.dims, 'UTF8')) \
                  AND s.kafka_partition = d.kafka_partition AND s.segment_start = d.segment_start",
-            )
-            .bind(chunk.iter().map(|r| r.key.view.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.key.granularity.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.key.bucket_start).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| encode_dims(&r.key.dims)).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.partition).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.segment_start).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .map_err(err("speed_rows"))?;
+            );
+            let done = bind_cell_keys(delete, chunk).execute(&mut *tx).await.map_err(err("speed_rows"))?;
             applied.speed_rows_deleted += done.rows_affected();
         }
         applied.speed_rows_written = write_speed_rows(&mut tx, &changes.upsert, false).await?;
@@ -358,6 +350,21 @@ async fn upsert_speed(conn: &mut PgConnection, topic: &str, rows: &[SpeedRow]) -
     Ok(())
 }
 
+/// Binds the six key columns of speed-row cells, `$1..$6` as arrays in table order: view, granularity,
+/// bucket_start, dims (JSON text), kafka_partition, segment_start.
+fn bind_cell_keys<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    cells: &[&'q SpeedRow],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(cells.iter().map(|r| r.key.view.as_str()).collect::<Vec<_>>())
+        .bind(cells.iter().map(|r| r.key.granularity.as_str()).collect::<Vec<_>>())
+        .bind(cells.iter().map(|r| r.key.bucket_start).collect::<Vec<_>>())
+        .bind(cells.iter().map(|r| encode_dims(&r.key.dims)).collect::<Vec<_>>())
+        .bind(cells.iter().map(|r| r.partition).collect::<Vec<_>>())
+        .bind(cells.iter().map(|r| r.segment_start).collect::<Vec<_>>())
+}
+
 /// Writes speed rows in chunks of [`ROWS_PER_STATEMENT`], one `INSERT ... SELECT FROM UNNEST` each;
 /// `only_larger`: a stored row is replaced only by a larger `upto_offset` (the speed-row rule), else always
 /// (the mirror copies what the source holds). Returns the rows inserted or replaced.
@@ -373,13 +380,7 @@ async fn write_speed_rows(conn: &mut PgConnection, rows: &[&SpeedRow], only_larg
     );
     let mut written = 0;
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let done = sqlx::query(&sql)
-            .bind(chunk.iter().map(|r| r.key.view.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.key.granularity.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.key.bucket_start).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| encode_dims(&r.key.dims)).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.partition).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.segment_start).collect::<Vec<_>>())
+        let done = bind_cell_keys(sqlx::query(&sql), chunk)
             .bind(chunk.iter().map(|r| r.upto_offset).collect::<Vec<_>>())
             .bind(chunk.iter().map(|r| encode_metrics(&r.metrics)).collect::<Vec<_>>())
             .execute(&mut *conn)

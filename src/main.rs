@@ -177,7 +177,12 @@ enum BatchCommand {
 #[derive(Debug, Subcommand)]
 enum StoreCommand {
     /// Create the store's schema (store.url), or apply the migrations it lacks; safe to run again.
-    Init,
+    /// ScyllaDB/Cassandra: creates the keyspace too when it is missing (deploy/scylla/schema.cql).
+    Init {
+        /// Store URL (default: store.url): sqlite://PATH, postgres://USER@HOST/DB or scylla://HOST:9042/KEYSPACE.
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,8 +386,8 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Store { command: StoreCommand::Init } => {
-            for line in common::store::init(&config.store.url).await? {
+        Command::Store { command: StoreCommand::Init { store } } => {
+            for line in common::store::init(store.as_deref().unwrap_or(&config.store.url)).await? {
                 println!("{line}");
             }
         }

@@ -25,6 +25,14 @@ async fn ground_truth_on_postgres() {
     }
 }
 
+/// The same on ScyllaDB/Cassandra (`SCYLLA_NODES`; one SKIPPED line without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ground_truth_on_scylla() {
+    if let Some(h) = Harness::start_on_scylla("ground_truth", 3, "").await {
+        ground_truth(h).await;
+    }
+}
+
 async fn ground_truth(mut h: Harness) {
     let rows = truth::read_sample();
     assert_eq!(rows.len(), 10_034);

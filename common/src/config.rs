@@ -154,7 +154,8 @@ pub struct ViewConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://path` (embedded default) or `postgres://user:password@host:port/database`.
+    /// `sqlite://path` (embedded default), `postgres://user:password@host:port/database` or
+    /// `scylla://host1:9042,host2/keyspace[?replication_factor=N]` (ScyllaDB or Cassandra).
     pub url: String,
     /// Most connections a process keeps to a PostgreSQL store (each layer opens its own pool).
     #[serde(default = "default_max_connections")]
@@ -423,11 +424,14 @@ impl Config {
         }
 
         let url = &self.store.url;
-        if !["sqlite:", "postgres:", "postgresql:"].iter().any(|scheme| url.starts_with(scheme)) {
+        if url.starts_with("scylla:") {
+            crate::store::ScyllaUrl::parse(url)?;
+        } else if !["sqlite:", "postgres:", "postgresql:"].iter().any(|scheme| url.starts_with(scheme)) {
             return Err(Error::invalid(
                 "store.url",
                 format!(
-                    "`{}`: unsupported store (sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+                    "`{}`: unsupported store (sqlite://PATH, postgres://USER:PASSWORD@HOST:PORT/DATABASE or \
+                     scylla://HOST:9042[,HOST...]/KEYSPACE)",
                     crate::store::redact(url)
                 ),
             ));

@@ -21,6 +21,11 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// A ScyllaDB/Cassandra request failed; `retryable` says whether the same request may pass later
+    /// (classified when the error is made, see `store::scylla`).
+    /// (The driver's message already carries its causes, so `cause` is not chained again.)
+    #[error("view store ({table}): {cause}")]
+    Cql { table: &'static str, cause: Box<dyn std::error::Error + Send + Sync>, retryable: bool },
     /// A fenced write found its lease gone: another run took it over, or it expired (DESIGN.md §5).
     #[error("lost the {name} lease (token {token}, holder {holder}): another run took it over or it expired; this run writes nothing more")]
     Fenced { name: String, holder: String, token: i64 },
@@ -47,7 +52,8 @@ impl Error {
     /// an administrator shutdown or crash (57P01-57P03), a lock timeout (55P03) and a read-only
     /// transaction after a failover (25006). Everything else (a value too long for an index, a missing
     /// table, a permission) will fail the same way again. SQLite's errors are `SQLITE_BUSY`-like and
-    /// retried.
+    /// retried. A ScyllaDB/Cassandra error is retryable when the coordinator reported a timeout, an
+    /// unavailable or overloaded replica set, or the connection broke (see `store::scylla::retryable`).
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Store { source, .. } => match source {
@@ -58,6 +64,7 @@ impl Error {
                 },
                 _ => false,
             },
+            Error::Cql { retryable, .. } => *retryable,
             Error::Io { .. } => true,
             _ => false,
         }

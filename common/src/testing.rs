@@ -34,3 +34,30 @@ pub async fn scratch_postgres(test: &str) -> Option<String> {
         }
     }
 }
+
+/// The environment variable naming the ScyllaDB/Cassandra contact points of the test cluster.
+pub const SCYLLA_ENV: &str = "SCYLLA_NODES";
+
+/// A fresh keyspace on the cluster named by `SCYLLA_NODES` (`host:9042[,host:9042...]`) for `test`: the store
+/// URL (the keyspace is created when the store opens, replication_factor 1), or `None` after printing
+/// `SKIPPED <test> on ScyllaDB (set SCYLLA_NODES=host:9042)` when no cluster is configured. No ScyllaDB
+/// server can run on the CI machines, so these tests skip there; point them at a cluster to run them.
+pub fn scratch_scylla(test: &str) -> Option<String> {
+    match std::env::var(SCYLLA_ENV) {
+        Ok(nodes) if !nodes.trim().is_empty() => {
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let name: String = test
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                .take(24)
+                .collect();
+            let keyspace = format!("lt_{name}_{:x}{:x}", std::process::id(), stamp.subsec_nanos());
+            Some(format!("scylla://{}/{}?replication_factor=1", nodes.trim(), &keyspace[..keyspace.len().min(48)]))
+        }
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test} on ScyllaDB (set {SCYLLA_ENV}=host:9042)");
+            None
+        }
+    }
+}

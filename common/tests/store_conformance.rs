@@ -1,7 +1,8 @@
 //! The view-store conformance suite: each scenario is written once over `&dyn ViewStore` and run against
 //! every backend (the `backends!` macro at the end). SQLite always runs; PostgreSQL runs on a scratch
-//! database of the server named by `LAMBDA_TEST_POSTGRES` and prints one `SKIPPED` line per scenario
-//! without it (`common::testing`).
+//! database of the server named by `LAMBDA_TEST_POSTGRES`, ScyllaDB/Cassandra on a scratch keyspace of the
+//! cluster named by `SCYLLA_NODES`; each prints one `SKIPPED` line per scenario without its server
+//! (`common::testing`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -213,7 +214,7 @@ async fn the_lease_fences_every_batch_write(store: &dyn ViewStore) {
     store.write_batch_rows(&a, generation, &[BatchRow { key: key(0, None), metrics: vec![1] }]).await.unwrap();
     store.release_lease(&a).await.unwrap();
     // released: b takes it with a newer token; a can no longer write, renew or publish
-    let b = store.acquire_lease("batch", "b", Duration::from_millis(300)).await.unwrap().expect("released");
+    let b = store.acquire_lease("batch", "b", Duration::from_secs(1)).await.unwrap().expect("released");
     assert!(b.token > a.token, "tokens grow: {} then {}", a.token, b.token);
     assert!(!store.renew_lease(&a, ttl).await.unwrap());
     let fenced = |r: common::Result<()>| matches!(r, Err(Error::Fenced { .. }));
@@ -228,7 +229,8 @@ async fn the_lease_fences_every_batch_write(store: &dyn ViewStore) {
     store.release_lease(&a).await.unwrap(); // not a's any more: no effect
     assert!(store.acquire_lease("batch", "c", ttl).await.unwrap().is_none(), "b still holds it");
     // b stalls past its ttl: c takes over, and b is fenced although nobody released anything
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // (ScyllaDB keeps TTLs in whole seconds: a 1 s lease lasts up to 2 s there, never less than 1 s)
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert!(fenced(store.write_batch_rows(&b, generation, &[]).await), "an expired lease fences its holder");
     let c = store.acquire_lease("batch", "c", ttl).await.unwrap().expect("expired: taken over");
     assert!(c.token > b.token);
@@ -446,6 +448,16 @@ macro_rules! backends {
                 #[tokio::test]
                 async fn $scenario() {
                     let Some(url) = common::testing::scratch_postgres(stringify!($scenario)).await else { return };
+                    let store = common::store::open(&url).await.unwrap();
+                    super::$scenario(&*store).await;
+                }
+            )*
+        }
+        mod scylla_backend {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let Some(url) = common::testing::scratch_scylla(stringify!($scenario)) else { return };
                     let store = common::store::open(&url).await.unwrap();
                     super::$scenario(&*store).await;
                 }

@@ -77,6 +77,13 @@ impl Harness {
         Some(Self::start_on(partitions, overrides, Some(url)).await)
     }
 
+    /// [`Harness::start_with`] on a scratch keyspace of the ScyllaDB/Cassandra cluster named by
+    /// `SCYLLA_NODES`; `None` (after one `SKIPPED` line) without it.
+    pub async fn start_on_scylla(test: &str, partitions: i32, overrides: &str) -> Option<Harness> {
+        let url = common::testing::scratch_scylla(test)?;
+        Some(Self::start_on(partitions, overrides, Some(url)).await)
+    }
+
     /// [`Harness::start_with`] on the store at `store_url` (default: SQLite in the temp dir).
     pub async fn start_on(partitions: i32, overrides: &str, store_url: Option<String>) -> Harness {
         let filter = std::env::var("TEST_LOG")

@@ -18,6 +18,7 @@
 //! - publishing a **manifest** is a single write, the switch to its generation (DESIGN.md §5).
 
 mod postgres;
+mod scylla;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use self::scylla::{ScyllaStore, ScyllaUrl};
 pub use postgres::{MirrorApplied, MirrorChanges, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -212,12 +214,14 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug {
 /// Connections a store opened by [`open`] keeps at most (PostgreSQL; `store.max_connections` overrides it).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 
-/// Opens the store named by `url` (`sqlite://path` or `postgres://...`), creating or migrating its schema.
+/// Opens the store named by `url` (`sqlite://path`, `postgres://...` or `scylla://host:9042/keyspace`),
+/// creating or migrating its schema.
 pub async fn open(url: &str) -> Result<Arc<dyn ViewStore>> {
     open_with(url, DEFAULT_MAX_CONNECTIONS).await
 }
 
-/// As [`open`], with a pool of at most `max_connections` (PostgreSQL; SQLite keeps its own small pool).
+/// As [`open`], with a pool of at most `max_connections` (PostgreSQL; SQLite keeps its own small pool, and
+/// the ScyllaDB driver one connection per shard of each node).
 ///
 /// Errors: [`Error::ConfigInvalid`] naming `store.url` for an unknown scheme; [`Error::Store`] when the
 /// database cannot be opened or its schema not brought up to date.
@@ -226,10 +230,15 @@ pub async fn open_with(url: &str, max_connections: u32) -> Result<Arc<dyn ViewSt
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Ok(Arc::new(PostgresStore::open(url, max_connections).await?))
+    } else if url.starts_with("scylla:") {
+        Ok(Arc::new(ScyllaStore::open(url).await?))
     } else {
         Err(Error::invalid(
             "store.url",
-            format!("`{}`: unsupported store (sqlite://path or postgres://user@host/db)", redact(url)),
+            format!(
+                "`{}`: unsupported store (sqlite://path, postgres://user@host/db or scylla://host:9042/keyspace)",
+                redact(url)
+            ),
         ))
     }
 }
@@ -253,6 +262,8 @@ pub async fn init(url: &str) -> Result<Vec<String>> {
             lines.push(format!("applied migrations {applied:?}"));
         }
         Ok(lines)
+    } else if url.starts_with("scylla:") {
+        ScyllaStore::init(url).await
     } else {
         open(url).await?;
         Ok(vec![format!("{url}: SQLite schema created or up to date")])

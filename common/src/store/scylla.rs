@@ -289,6 +289,7 @@ struct Statements {
     generation_delete: PreparedStatement,
     seal_insert: PreparedStatement,
     seal_select: PreparedStatement,
+    seal_check: PreparedStatement,
     seals_from: PreparedStatement,
     seals_delete_below: PreparedStatement,
     seals_count_below: PreparedStatement,
@@ -420,6 +421,9 @@ impl Statements {
             generation_delete: prepare(cql::GENERATION_DELETE).await?,
             seal_insert: prepare(cql::SEAL_INSERT).await?,
             seal_select: serial(prepare(cql::SEAL_SELECT).await?),
+            // an open write's check needs only seals whose record_seal returned (committed at LOCAL_QUORUM);
+            // one still in flight is shadowed by its finalize
+            seal_check: prepare(cql::SEAL_SELECT).await?,
             seals_from: prepare(cql::SEALS_FROM).await?,
             seals_delete_below: prepare(cql::SEALS_DELETE_BELOW).await?,
             seals_count_below: prepare(cql::SEALS_COUNT_BELOW).await?,
@@ -893,7 +897,11 @@ impl ViewStore for ScyllaStore {
                 self.registered.lock().expect("registry lock").seals.get(&(topic.to_owned(), p, start)).copied();
             let end = match cached {
                 Some(end) => Some(end),
-                None => self.seal_at(topic, p, start).await?.map(|s| s.end),
+                None => {
+                    let ends: Vec<(i64,)> =
+                        self.read(&self.statements.seal_check, (topic, p, start), "seals", None, Ok).await?;
+                    ends.first().map(|(end,)| *end)
+                }
             };
             if let Some(end) = end {
                 self.registered.lock().expect("registry lock").seals.insert((topic.to_owned(), p, start), end);

@@ -168,14 +168,16 @@ impl SpeedLayer {
     ///
     /// A committed offset below the published cutoff (a lost commit) resumes at the cutoff instead: those
     /// records are in the batch view, and their seals may have been pruned. Without a committed offset (a
-    /// new group, a renamed or expired one) it resumes at the end of the recorded seal chain from the
-    /// cutoff, so a segment never starts off the chain; with no seal at all, at the first record.
+    /// new group, a renamed or expired one, or a member that crashed before its first commit) it resumes at
+    /// the start of the last seal of the recorded chain from the cutoff ([`Self::chain_resume`]), so a
+    /// segment never starts off the chain and a sealed segment is never left unfinalized; with no seal at
+    /// all, at the first record.
     async fn open_partition(&self, partition: i32, epoch: u64, first_offset: i64) -> Result<PartitionState> {
         let committed = self.committed_offset(partition).await?;
         let cutoff = self.published_cutoff(partition).await?;
         let start = match committed {
             Some(c) => c.max(cutoff.unwrap_or(i64::MIN)),
-            None => self.chain_end(partition, cutoff).await?.unwrap_or(first_offset),
+            None => self.chain_resume(partition, cutoff).await?.unwrap_or(first_offset),
         };
         if start != committed.unwrap_or(first_offset) {
             info!(
@@ -201,9 +203,13 @@ impl SpeedLayer {
         Ok(self.store.current_manifest().await?.and_then(|m| m.cutoffs.get(&partition).copied()))
     }
 
-    /// The end of the recorded seal chain of `partition` from `cutoff` (from its first seal without a
-    /// cutoff); `cutoff` itself when no seal starts there; `None` without either.
-    async fn chain_end(&self, partition: i32, cutoff: Option<i64>) -> Result<Option<i64>> {
+    /// Where a member without a committed offset resumes on the recorded seal chain of `partition` from
+    /// `cutoff` (from its first seal without a cutoff): the *start* of the chain's last seal, so that
+    /// sealed segment is replayed and finalized again (idempotent). Its recorder may have crashed between
+    /// recording the seal and finalizing it, and the commit that would tell follows the finalize; every
+    /// earlier seal was finalized before the next one was recorded. `cutoff` itself when no seal starts
+    /// there; `None` without either.
+    async fn chain_resume(&self, partition: i32, cutoff: Option<i64>) -> Result<Option<i64>> {
         let from = std::collections::BTreeMap::from([(partition, cutoff.unwrap_or(i64::MIN))]);
         let seals: Vec<Seal> = self
             .store
@@ -213,12 +219,14 @@ impl SpeedLayer {
             .filter(|s| s.partition == partition)
             .collect();
         let Some(mut at) = cutoff.or_else(|| seals.first().map(|s| s.start)) else { return Ok(None) };
+        let mut last_start = at;
         for s in &seals {
             if s.start == at {
+                last_start = s.start;
                 at = s.end;
             }
         }
-        Ok(Some(at))
+        Ok(Some(last_start))
     }
 
     /// The record after `expected` came at `got`: the low watermark tells whether the offsets in between

@@ -575,20 +575,7 @@ impl ScyllaStore {
         values: impl SerializeRow,
         table: &'static str,
     ) -> Result<QueryResult> {
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 1;
-        loop {
-            match self.session.execute_unpaged(statement, &values).await {
-                Ok(result) => return Ok(result),
-                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
-                    tracing::debug!(table, attempt, error = %e, "retrying a store request");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(cql(table)(e)),
-            }
-        }
+        retrying(table, || self.session.execute_unpaged(statement, &values)).await
     }
 
     /// Executes a lightweight transaction (not retried here: the callers read the outcome back) and
@@ -633,29 +620,19 @@ impl ScyllaStore {
         let mut out = Vec::new();
         let mut paging = PagingState::start();
         loop {
-            let mut delay = Duration::from_millis(100);
-            let mut attempt = 1;
             // serial reads are single-partition and small, and not paged (Cassandra refuses paging them)
             let serial = statement.get_consistency() == Some(Consistency::LocalSerial);
-            let (result, response) = loop {
-                let page = if serial {
+            let (result, response) = retrying(table, || async {
+                if serial {
                     self.session
                         .execute_unpaged(statement, &values)
                         .await
                         .map(|r| (r, scylla::response::PagingStateResponse::NoMorePages))
                 } else {
                     self.session.execute_single_page(statement, &values, paging.clone()).await
-                };
-                match page {
-                    Ok(page) => break page,
-                    Err(e) if attempt < ATTEMPTS && retryable(&e) => {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(cql(table)(e)),
                 }
-            };
+            })
+            .await?;
             let rows = result.into_rows_result().map_err(decode_err(table))?;
             for row in rows.rows::<R>().map_err(decode_err(table))? {
                 out.push(f(row.map_err(decode_err(table))?)?);
@@ -697,19 +674,7 @@ impl ScyllaStore {
                 batch.append_statement(statement.clone());
             }
             batch.set_is_idempotent(true);
-            let mut delay = Duration::from_millis(100);
-            let mut attempt = 1;
-            loop {
-                match self.session.batch(&batch, &values).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if attempt < ATTEMPTS && retryable(&e) => {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(cql(table)(e)),
-                }
-            }
+            retrying(table, || self.session.batch(&batch, &values)).await.map(|_| ())
         }))
         .await
     }
@@ -786,6 +751,29 @@ impl ScyllaStore {
     /// The lease-condition statement of a fenced conditional batch, and its values.
     fn fence_values(fence: &Lease) -> (i64, &'static str, String, String, i64) {
         (fence.token, SCOPE, lease_name(&fence.name), fence.holder.clone(), fence.token)
+    }
+}
+
+/// Runs `request` up to [`ATTEMPTS`] times, with backoff 100, 200, 400 ms, while it fails with a
+/// [`retryable`] error; only for idempotent requests (reads, offset-stamped writes, registrations).
+async fn retrying<T, F, Fut>(table: &'static str, mut request: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, ExecutionError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match request().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                tracing::debug!(table, attempt, error = %e, "retrying a store request");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(cql(table)(e)),
+        }
     }
 }
 
@@ -1085,7 +1073,7 @@ impl ViewStore for ScyllaStore {
 
     async fn allocate_generation(&self, fence: &Lease) -> Result<i64> {
         let batch = self.conditional_batch(&[&self.statements.lease_check, &self.statements.counter_bump]);
-        loop {
+        for _ in 0..20 {
             let last = self.control_row(GENERATION_COUNTER).await?.and_then(|(_, _, v)| v).unwrap_or(0);
             let next = last.max(self.current_generation().await?) + 1;
             let values = (Self::fence_values(fence), (next, SCOPE, GENERATION_COUNTER, last));
@@ -1094,6 +1082,7 @@ impl ViewStore for ScyllaStore {
             }
             self.check_fence(fence).await?; // else the counter moved under us: read it again
         }
+        Err(corrupt("control")("the generation counter did not settle in 20 conditional updates".into()))
     }
 
     async fn delete_generation(&self, fence: &Lease, generation: i64) -> Result<()> {

@@ -27,6 +27,10 @@
 //!   generation of the writer's own, generations and segments below what was published), so a zombie's late
 //!   statement cannot change an answer.
 //!
+//! One datacenter: LOCAL_SERIAL makes a lightweight transaction atomic within the local datacenter only, so
+//! every layer must use the same datacenter of the cluster (replicate to others for reads and disaster
+//! recovery, but do not run layers against two of them).
+//!
 //! Requests: prepared statements (token-aware routing by the driver's default policy), LOCAL_QUORUM reads
 //! and writes, LOCAL_SERIAL for lightweight transactions and the reads that must see them, at most
 //! [`MAX_IN_FLIGHT`] requests per call, and retries with exponential backoff for the idempotent requests on
@@ -312,32 +316,33 @@ struct Statements {
 
 /// The CQL text of every statement, by name (unit-tested without a server: see the tests).
 pub mod cql {
-    pub const SPEED_INSERT: &str = "INSERT INTO speed_rows (view, granularity, kafka_partition, segment_start, \
+    pub const SPEED_INSERT: &str = "INSERT INTO speed_rows (view_name, granularity, kafka_partition, segment_start, \
         bucket_start, dims_hash, dims, upto_offset, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
     pub const SPEED_DELETE: &str = "DELETE FROM speed_rows USING TIMESTAMP ? \
-        WHERE view = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
     pub const SPEED_SELECT: &str = "SELECT bucket_start, dims, upto_offset, metrics FROM speed_rows \
-        WHERE view = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ? \
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ? \
         AND bucket_start >= ? AND bucket_start < ?";
     pub const SPEED_COUNT: &str = "SELECT COUNT(*) FROM speed_rows \
-        WHERE view = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
-    pub const SEGMENT_REGISTER: &str = "INSERT INTO speed_segments (view, granularity, kafka_partition, \
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
+    pub const SEGMENT_REGISTER: &str = "INSERT INTO speed_segments (view_name, granularity, kafka_partition, \
         segment_start) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
     pub const SEGMENT_DELETE: &str = "DELETE FROM speed_segments USING TIMESTAMP ? \
-        WHERE view = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
     pub const SEGMENTS_OF_VIEW: &str =
-        "SELECT kafka_partition, segment_start FROM speed_segments WHERE view = ? AND granularity = ?";
+        "SELECT kafka_partition, segment_start FROM speed_segments WHERE view_name = ? AND granularity = ?";
     pub const VIEW_REGISTER: &str =
-        "INSERT INTO speed_views (shard, view, granularity) VALUES (0, ?, ?) USING TIMESTAMP ?";
-    pub const VIEWS: &str = "SELECT view, granularity FROM speed_views WHERE shard = 0";
-    pub const BATCH_INSERT: &str = "INSERT INTO batch_rows (generation, view, granularity, day, bucket_start, \
+        "INSERT INTO speed_views (shard, view_name, granularity) VALUES (0, ?, ?) USING TIMESTAMP ?";
+    pub const VIEWS: &str = "SELECT view_name, granularity FROM speed_views WHERE shard = 0";
+    pub const BATCH_INSERT: &str = "INSERT INTO batch_rows (generation, view_name, granularity, day, bucket_start, \
         dims_hash, dims, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
     pub const BATCH_SELECT: &str = "SELECT bucket_start, dims, metrics FROM batch_rows \
-        WHERE generation = ? AND view = ? AND granularity = ? AND day = ? AND bucket_start >= ? AND bucket_start < ?";
+        WHERE generation = ? AND view_name = ? AND granularity = ? AND day = ? AND bucket_start >= ? AND bucket_start < ?";
     pub const BATCH_DELETE_DAY: &str =
-        "DELETE FROM batch_rows WHERE generation = ? AND view = ? AND granularity = ? AND day = ?";
-    pub const DAY_REGISTER: &str = "INSERT INTO batch_days (generation, view, granularity, day) VALUES (?, ?, ?, ?)";
-    pub const DAYS: &str = "SELECT view, granularity, day FROM batch_days WHERE generation = ?";
+        "DELETE FROM batch_rows WHERE generation = ? AND view_name = ? AND granularity = ? AND day = ?";
+    pub const DAY_REGISTER: &str =
+        "INSERT INTO batch_days (generation, view_name, granularity, day) VALUES (?, ?, ?, ?)";
+    pub const DAYS: &str = "SELECT view_name, granularity, day FROM batch_days WHERE generation = ?";
     pub const DAYS_DELETE: &str = "DELETE FROM batch_days WHERE generation = ?";
     pub const GENERATION_REGISTER: &str = "INSERT INTO batch_generations (shard, generation) VALUES (0, ?)";
     pub const GENERATIONS: &str = "SELECT generation FROM batch_generations WHERE shard = 0";
@@ -355,7 +360,7 @@ pub mod cql {
     pub const SEAL_PARTITION_REGISTER: &str = "INSERT INTO seal_partitions (topic, kafka_partition) VALUES (?, ?)";
     pub const SEAL_PARTITIONS: &str = "SELECT kafka_partition FROM seal_partitions WHERE topic = ?";
     pub const CONTROL_INIT: &str = "INSERT INTO control (scope, name, value) VALUES (?, ?, 0) IF NOT EXISTS";
-    pub const CONTROL_ROW: &str = "SELECT holder, token, value FROM control WHERE scope = ? AND name = ?";
+    pub const CONTROL_ROW: &str = "SELECT holder, lease_token, value FROM control WHERE scope = ? AND name = ?";
     pub const MANIFESTS: &str =
         "SELECT name FROM control WHERE scope = ? AND name >= 'manifest/' AND name < 'manifest0'";
     pub const LATEST_MANIFEST: &str = "SELECT body FROM control WHERE scope = ? AND name >= 'manifest/' \
@@ -363,14 +368,15 @@ pub mod cql {
     /// The lease condition of a fenced conditional batch (it rewrites `value`, the last token handed out,
     /// with the fence's own token, which it already is while the lease holds).
     pub const LEASE_CHECK: &str =
-        "UPDATE control SET value = ? WHERE scope = ? AND name = ? IF holder = ? AND token = ?";
+        "UPDATE control SET value = ? WHERE scope = ? AND name = ? IF holder = ? AND lease_token = ?";
     /// Taking a lease: with [`LEASE_TOKEN`] in one conditional batch.
-    pub const LEASE_TAKE: &str = "UPDATE control USING TTL ? SET holder = ?, token = ? WHERE scope = ? AND name = ?";
+    pub const LEASE_TAKE: &str =
+        "UPDATE control USING TTL ? SET holder = ?, lease_token = ? WHERE scope = ? AND name = ?";
     pub const LEASE_TOKEN: &str = "UPDATE control SET value = ? WHERE scope = ? AND name = ? IF value = ?";
-    pub const LEASE_RENEW: &str = "UPDATE control USING TTL ? SET holder = ?, token = ? \
-        WHERE scope = ? AND name = ? IF holder = ? AND token = ?";
+    pub const LEASE_RENEW: &str = "UPDATE control USING TTL ? SET holder = ?, lease_token = ? \
+        WHERE scope = ? AND name = ? IF holder = ? AND lease_token = ?";
     pub const LEASE_RELEASE: &str =
-        "DELETE holder, token FROM control WHERE scope = ? AND name = ? IF holder = ? AND token = ?";
+        "DELETE holder, lease_token FROM control WHERE scope = ? AND name = ? IF holder = ? AND lease_token = ?";
     pub const COUNTER_BUMP: &str = "UPDATE control SET value = ? WHERE scope = ? AND name = ? IF value = ?";
     pub const CURRENT_SWITCH: &str = "UPDATE control SET value = ? WHERE scope = ? AND name = ? IF value < ?";
     pub const MANIFEST_INSERT: &str = "INSERT INTO control (scope, name, body) VALUES (?, ?, ?)";
@@ -432,7 +438,9 @@ impl Statements {
             control_init: prepare(cql::CONTROL_INIT).await?,
             control_row: serial(prepare(cql::CONTROL_ROW).await?),
             manifests: serial(prepare(cql::MANIFESTS).await?),
-            latest_manifest: serial(prepare(cql::LATEST_MANIFEST).await?),
+            // LOCAL_QUORUM, not a Paxos round per API request: a publish that returned is committed at
+            // quorum, and one in flight leaves readers on the previous generation, which is still whole
+            latest_manifest: prepare(cql::LATEST_MANIFEST).await?,
             lease_check: prepare(cql::LEASE_CHECK).await?,
             lease_take: prepare(cql::LEASE_TAKE).await?,
             lease_token: prepare(cql::LEASE_TOKEN).await?,
@@ -946,6 +954,9 @@ impl ViewStore for ScyllaStore {
     }
 
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>> {
+        if query.limit == Some(0) {
+            return Ok(Vec::new());
+        }
         let g = query.granularity.as_str();
         let segments: Vec<(i32, i64)> =
             self.read(&self.statements.segments_of_view, (query.view.as_str(), g), "speed_segments", None, Ok).await?;
@@ -1003,7 +1014,15 @@ impl ViewStore for ScyllaStore {
             self.registered.lock().expect("registry lock").seal_partitions.insert(key);
         }
         let values = (topic, seal.partition, seal.start, seal.end);
-        if self.lwt(&self.statements.seal_insert, values, "seals").await? {
+        let applied = self.lwt(&self.statements.seal_insert, values, "seals").await?;
+        // the cutoff check above is not atomic with the insert: a publish past `start` meanwhile (and a
+        // cleanup that pruned the seal chain there) makes this seal one off the chain; read the cutoff again
+        // (a seal at `start` can be pruned only after a publish past it, so this read sees that publish)
+        let cutoff = self.current_manifest().await?.and_then(|m| m.cutoffs.get(&seal.partition).copied());
+        if cutoff.is_some_and(|c| seal.start < c) {
+            return Ok(None);
+        }
+        if applied {
             return Ok(Some(seal));
         }
         // another writer's seal (or this one, applied by a request that timed out): read it at LOCAL_SERIAL
@@ -1145,6 +1164,9 @@ impl ViewStore for ScyllaStore {
     }
 
     async fn batch_rows(&self, generation: i64, query: &RowQuery) -> Result<Vec<BatchRow>> {
+        if query.limit == Some(0) {
+            return Ok(Vec::new());
+        }
         let s = &self.statements;
         let g = query.granularity.as_str();
         let (from, to) = (query.from.unwrap_or(i64::MIN), query.to.unwrap_or(i64::MAX));
@@ -1458,18 +1480,100 @@ mod tests {
         }
         let speed = statements.iter().find(|s| table_of(s).as_deref() == Some("speed_rows")).unwrap();
         assert!(
-            speed
-                .contains("PRIMARY KEY ((view, granularity, kafka_partition, segment_start), bucket_start, dims_hash)"),
+            speed.contains(
+                "PRIMARY KEY ((view_name, granularity, kafka_partition, segment_start), bucket_start, dims_hash)"
+            ),
             "DESIGN.md §6 partitions speed rows by segment: {speed}"
         );
         let batch = statements.iter().find(|s| table_of(s).as_deref() == Some("batch_rows")).unwrap();
         assert!(
-            batch.contains("PRIMARY KEY ((generation, view, granularity, day), bucket_start, dims_hash)"),
+            batch.contains("PRIMARY KEY ((generation, view_name, granularity, day), bucket_start, dims_hash)"),
             "{batch}"
         );
         let keyspace = create_keyspace_statement("views", 3);
         assert!(keyspace.contains("'NetworkTopologyStrategy', 'replication_factor': 3"), "{keyspace}");
         assert!(!keyspace.contains("tablets"), "Cassandra rejects the tablets option: {keyspace}");
+    }
+
+    /// Reserved CQL keywords cannot name a column unquoted (`view` fails to parse on ScyllaDB, issue
+    /// scylladb#10619): the reserved lists of the Cassandra CQL reference and ScyllaDB's docs.
+    #[test]
+    fn no_column_is_a_reserved_word() {
+        const RESERVED: &[&str] = &[
+            "add",
+            "aggregate",
+            "all",
+            "allow",
+            "alter",
+            "and",
+            "apply",
+            "asc",
+            "authorize",
+            "batch",
+            "begin",
+            "by",
+            "columnfamily",
+            "create",
+            "default",
+            "delete",
+            "desc",
+            "describe",
+            "drop",
+            "entries",
+            "execute",
+            "from",
+            "full",
+            "grant",
+            "if",
+            "in",
+            "index",
+            "infinity",
+            "insert",
+            "into",
+            "is",
+            "keyspace",
+            "limit",
+            "materialized",
+            "mbean",
+            "mbeans",
+            "modify",
+            "nan",
+            "norecursive",
+            "not",
+            "null",
+            "of",
+            "on",
+            "or",
+            "order",
+            "primary",
+            "rename",
+            "replace",
+            "revoke",
+            "schema",
+            "select",
+            "set",
+            "table",
+            "to",
+            "token",
+            "truncate",
+            "unlogged",
+            "unset",
+            "update",
+            "use",
+            "using",
+            "view",
+            "where",
+            "with",
+        ];
+        let mut columns = 0;
+        for statement in schema_statements() {
+            let body = statement.split_once('(').unwrap().1.split("PRIMARY KEY").next().unwrap();
+            for column in body.split(',').filter_map(|c| c.split_whitespace().next()) {
+                columns += 1;
+                assert!(!RESERVED.contains(&column.to_ascii_lowercase().as_str()), "column `{column}` is reserved");
+            }
+        }
+        assert!(columns > 30, "{columns} columns parsed");
     }
 
     #[test]

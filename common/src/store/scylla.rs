@@ -72,7 +72,7 @@ pub const FINAL_BASE: i64 = 1 << 62;
 pub const SEAL_SHADOW: i64 = FINAL_BASE - 1;
 /// The timestamp of the delete of a segment the batch view absorbed: above every write.
 pub const ABSORBED: i64 = i64::MAX;
-/// Registrations (speed_segments, speed_views) are stamped 0: an [`ABSORBED`] delete hides them for good.
+/// Registrations (speed_segments, speed_partitions) are stamped 0: an [`ABSORBED`] delete hides them for good.
 const REGISTERED: i64 = 0;
 /// The largest offset (seal end or `upto_offset`) this store accepts: `final_timestamp` stays below
 /// [`ABSORBED`].
@@ -278,10 +278,12 @@ struct Statements {
     speed_select: PreparedStatement,
     speed_count: PreparedStatement,
     segment_register: PreparedStatement,
-    segment_delete: PreparedStatement,
-    segments_of_view: PreparedStatement,
-    view_register: PreparedStatement,
-    views: PreparedStatement,
+    segments_delete_below: PreparedStatement,
+    segments_below: PreparedStatement,
+    segments: PreparedStatement,
+    partition_register: PreparedStatement,
+    partitions_of_view: PreparedStatement,
+    partitions: PreparedStatement,
     batch_insert: PreparedStatement,
     batch_select: PreparedStatement,
     batch_delete_day: PreparedStatement,
@@ -327,13 +329,18 @@ pub mod cql {
         WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
     pub const SEGMENT_REGISTER: &str = "INSERT INTO speed_segments (view_name, granularity, kafka_partition, \
         segment_start) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
-    pub const SEGMENT_DELETE: &str = "DELETE FROM speed_segments USING TIMESTAMP ? \
-        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
-    pub const SEGMENTS_OF_VIEW: &str =
-        "SELECT kafka_partition, segment_start FROM speed_segments WHERE view_name = ? AND granularity = ?";
-    pub const VIEW_REGISTER: &str =
-        "INSERT INTO speed_views (shard, view_name, granularity) VALUES (0, ?, ?) USING TIMESTAMP ?";
-    pub const VIEWS: &str = "SELECT view_name, granularity FROM speed_views WHERE shard = 0";
+    /// The cleanup of absorbed segments: one range tombstone per (view, granularity, Kafka partition).
+    pub const SEGMENTS_DELETE_BELOW: &str = "DELETE FROM speed_segments USING TIMESTAMP ? \
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start < ?";
+    pub const SEGMENTS_BELOW: &str = "SELECT segment_start FROM speed_segments \
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start < ?";
+    pub const SEGMENTS: &str = "SELECT segment_start FROM speed_segments \
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ?";
+    pub const PARTITION_REGISTER: &str = "INSERT INTO speed_partitions (shard, view_name, granularity, \
+        kafka_partition) VALUES (0, ?, ?, ?) USING TIMESTAMP ?";
+    pub const PARTITIONS_OF_VIEW: &str =
+        "SELECT kafka_partition FROM speed_partitions WHERE shard = 0 AND view_name = ? AND granularity = ?";
+    pub const PARTITIONS: &str = "SELECT view_name, granularity, kafka_partition FROM speed_partitions WHERE shard = 0";
     pub const BATCH_INSERT: &str = "INSERT INTO batch_rows (generation, view_name, granularity, day, bucket_start, \
         dims_hash, dims, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
     pub const BATCH_SELECT: &str = "SELECT bucket_start, dims, metrics FROM batch_rows \
@@ -412,10 +419,12 @@ impl Statements {
             speed_select: prepare(cql::SPEED_SELECT).await?,
             speed_count: prepare(cql::SPEED_COUNT).await?,
             segment_register: prepare(cql::SEGMENT_REGISTER).await?,
-            segment_delete: prepare(cql::SEGMENT_DELETE).await?,
-            segments_of_view: prepare(cql::SEGMENTS_OF_VIEW).await?,
-            view_register: prepare(cql::VIEW_REGISTER).await?,
-            views: prepare(cql::VIEWS).await?,
+            segments_delete_below: prepare(cql::SEGMENTS_DELETE_BELOW).await?,
+            segments_below: prepare(cql::SEGMENTS_BELOW).await?,
+            segments: prepare(cql::SEGMENTS).await?,
+            partition_register: prepare(cql::PARTITION_REGISTER).await?,
+            partitions_of_view: prepare(cql::PARTITIONS_OF_VIEW).await?,
+            partitions: prepare(cql::PARTITIONS).await?,
             batch_insert: prepare(cql::BATCH_INSERT).await?,
             batch_select: prepare(cql::BATCH_SELECT).await?,
             batch_delete_day: prepare(cql::BATCH_DELETE_DAY).await?,
@@ -457,7 +466,7 @@ impl Statements {
 /// What this process already registered (saves a write per flush; bounded).
 #[derive(Debug, Default)]
 struct Registered {
-    views: HashSet<(String, Granularity)>,
+    partitions: HashSet<(String, Granularity, i32)>,
     segments: HashSet<(String, Granularity, i32, i64)>,
     seal_partitions: HashSet<(String, i32)>,
     /// Seal ends seen by writes (a seal never changes once recorded).
@@ -687,26 +696,28 @@ impl ScyllaStore {
         .await
     }
 
-    /// Registers the (view, granularity) pairs and segments of `rows` before any of their cells is written
-    /// (a read, a seal's shadow and a cleanup visit only registered segments).
+    /// Registers the (view, granularity, Kafka partition) triples and segments of `rows` before any of
+    /// their cells is written (a read, a seal's shadow and a cleanup visit only registered segments).
     async fn register_segments(&self, rows: &[SpeedRow]) -> Result<()> {
-        let (views, segments) = {
+        let (partitions, segments) = {
             let registered = self.registered.lock().expect("registry lock");
-            let views: BTreeSet<(String, Granularity)> = rows
+            let partitions: BTreeSet<(String, Granularity, i32)> = rows
                 .iter()
-                .map(|r| (r.key.view.clone(), r.key.granularity))
-                .filter(|v| !registered.views.contains(v))
+                .map(|r| (r.key.view.clone(), r.key.granularity, r.partition))
+                .filter(|v| !registered.partitions.contains(v))
                 .collect();
             let segments: BTreeSet<(String, Granularity, i32, i64)> = rows
                 .iter()
                 .map(|r| (r.key.view.clone(), r.key.granularity, r.partition, r.segment_start))
                 .filter(|s| !registered.segments.contains(s))
                 .collect();
-            (views, segments)
+            (partitions, segments)
         };
         let s = &self.statements;
-        Self::all(views.iter().cloned().map(|(view, g)| async move {
-            self.run(&s.view_register, (view.as_str(), g.as_str(), REGISTERED), "speed_views").await.map(|_| ())
+        Self::all(partitions.iter().cloned().map(|(view, g, p)| async move {
+            self.run(&s.partition_register, (view.as_str(), g.as_str(), p, REGISTERED), "speed_partitions")
+                .await
+                .map(|_| ())
         }))
         .await?;
         Self::all(segments.iter().cloned().map(|(view, g, p, start)| async move {
@@ -716,16 +727,17 @@ impl ScyllaStore {
         }))
         .await?;
         let mut registered = self.registered.lock().expect("registry lock");
-        registered.views.extend(views);
+        registered.partitions.extend(partitions);
         registered.segments.extend(segments);
         registered.trim();
         Ok(())
     }
 
-    async fn speed_views(&self) -> Result<Vec<(String, Granularity)>> {
-        self.read(&self.statements.views, (), "speed_views", None, |(view, g): (String, String)| {
-            let g = g.parse::<Granularity>().map_err(|e| corrupt("speed_views")(e.to_string()))?;
-            Ok((view, g))
+    /// Every registered (view, granularity, Kafka partition).
+    async fn speed_partitions(&self) -> Result<Vec<(String, Granularity, i32)>> {
+        self.read(&self.statements.partitions, (), "speed_partitions", None, |(view, g, p): (String, String, i32)| {
+            let g = g.parse::<Granularity>().map_err(|e| corrupt("speed_partitions")(e.to_string()))?;
+            Ok((view, g, p))
         })
         .await
     }
@@ -939,9 +951,10 @@ impl ViewStore for ScyllaStore {
             .collect();
         values.sort_by(|a, b| a.0.cmp(&b.0));
         self.write_rows(&self.statements.speed_insert, values, "speed_rows").await?;
-        let views = self.speed_views().await?;
+        // every view registered on this Kafka partition: its registration preceded any open write of it
+        let views = self.speed_partitions().await?.into_iter().filter(|(_, _, p)| *p == seal.partition);
         let s = &self.statements;
-        Self::all(views.into_iter().map(|(view, g)| async move {
+        Self::all(views.map(|(view, g, _)| async move {
             self.run(
                 &s.speed_delete,
                 (SEAL_SHADOW, view.as_str(), g.as_str(), seal.partition, seal.start),
@@ -958,8 +971,15 @@ impl ViewStore for ScyllaStore {
             return Ok(Vec::new());
         }
         let g = query.granularity.as_str();
-        let segments: Vec<(i32, i64)> =
-            self.read(&self.statements.segments_of_view, (query.view.as_str(), g), "speed_segments", None, Ok).await?;
+        let s = &self.statements;
+        let partitions: Vec<(i32,)> =
+            self.read(&s.partitions_of_view, (query.view.as_str(), g), "speed_partitions", None, Ok).await?;
+        let mut segments: Vec<(i32, i64)> = Vec::new();
+        for (p,) in partitions {
+            let starts: Vec<(i64,)> =
+                self.read(&s.segments, (query.view.as_str(), g, p), "speed_segments", None, Ok).await?;
+            segments.extend(starts.into_iter().map(|(start,)| (p, start)));
+        }
         let (from, to) = (query.from.unwrap_or(i64::MIN), query.to.unwrap_or(i64::MAX));
         let per_segment = futures::stream::iter(segments.into_iter().map(|(p, start)| async move {
             self.read(
@@ -1068,19 +1088,37 @@ impl ViewStore for ScyllaStore {
     async fn delete_absorbed(&self, fence: &Lease, topic: &str, cutoffs: &BTreeMap<i32, i64>) -> Result<(u64, u64)> {
         self.check_fence(fence).await?;
         let s = &self.statements;
-        let mut rows = 0u64;
-        for (view, g) in self.speed_views().await? {
-            let segments: Vec<(i32, i64)> =
-                self.read(&s.segments_of_view, (view.as_str(), g.as_str()), "speed_segments", None, Ok).await?;
-            for (p, start) in segments.into_iter().filter(|(p, start)| cutoffs.get(p).is_some_and(|c| start < c)) {
-                let key = (view.as_str(), g.as_str(), p, start);
-                let counted: Vec<(i64,)> = self.read(&s.speed_count, key, "speed_rows", None, Ok).await?;
-                rows += counted.first().map_or(0, |(n,)| *n as u64);
-                self.run(&s.speed_delete, (ABSORBED, key.0, key.1, p, start), "speed_rows").await?;
-                self.run(&s.segment_delete, (ABSORBED, key.0, key.1, p, start), "speed_segments").await?;
-                self.registered.lock().expect("registry lock").segments.remove(&(view.clone(), g, p, start));
+        let rows = std::sync::atomic::AtomicU64::new(0);
+        let absorbed = self
+            .speed_partitions()
+            .await?
+            .into_iter()
+            .filter_map(|(view, g, p)| cutoffs.get(&p).map(|&cutoff| (view, g, p, cutoff)));
+        // per (view, granularity, Kafka partition), concurrently: each segment below the cutoff is one
+        // partition delete of its rows, then the registry loses them all in one range delete
+        Self::all(absorbed.map(|(view, g, p, cutoff)| {
+            let rows = &rows;
+            async move {
+                let registry = (view.as_str(), g.as_str(), p, cutoff);
+                let starts: Vec<(i64,)> = self.read(&s.segments_below, registry, "speed_segments", None, Ok).await?;
+                for (start,) in starts {
+                    let key = (view.as_str(), g.as_str(), p, start);
+                    let counted: Vec<(i64,)> = self.read(&s.speed_count, key, "speed_rows", None, Ok).await?;
+                    rows.fetch_add(counted.first().map_or(0, |(n,)| *n as u64), std::sync::atomic::Ordering::Relaxed);
+                    self.run(&s.speed_delete, (ABSORBED, key.0, key.1, p, start), "speed_rows").await?;
+                }
+                self.run(&s.segments_delete_below, (ABSORBED, registry.0, registry.1, p, cutoff), "speed_segments")
+                    .await?;
+                self.registered
+                    .lock()
+                    .expect("registry lock")
+                    .segments
+                    .retain(|(v, sg, sp, start)| !(*v == view && *sg == g && *sp == p && *start < cutoff));
+                Ok(())
             }
-        }
+        }))
+        .await?;
+        let rows = rows.into_inner();
         let mut seals = 0u64;
         for (&p, &cutoff) in cutoffs {
             let counted: Vec<(i64,)> = self.read(&s.seals_count_below, (topic, p, cutoff), "seals", None, Ok).await?;
@@ -1135,7 +1173,7 @@ impl ViewStore for ScyllaStore {
         self.run(&s.generation_register, (generation,), "batch_generations").await?;
         let days: BTreeSet<(String, Granularity, i64)> =
             rows.iter().map(|r| (r.key.view.clone(), r.key.granularity, day_of(r.key.bucket_start))).collect();
-        Self::all(days.into_iter().map(|(view, g, day)| async move {
+        Self::all(days.iter().cloned().map(|(view, g, day)| async move {
             self.run(&s.day_register, (generation, view.as_str(), g.as_str(), day), "batch_days").await.map(|_| ())
         }))
         .await?;
@@ -1160,7 +1198,15 @@ impl ViewStore for ScyllaStore {
             })
             .collect();
         values.sort_by(|a, b| a.0.cmp(&b.0));
-        self.write_rows(&s.batch_insert, values, "batch_rows").await
+        self.write_rows(&s.batch_insert, values, "batch_rows").await?;
+        // registered again after the rows: a writer that lost its lease mid-write may see its generation
+        // deleted by the new holder's cleanup between the two; the second registration makes the next
+        // cleanup find the rows it wrote after that (else they would stay, unreachable, for good)
+        self.run(&s.generation_register, (generation,), "batch_generations").await?;
+        Self::all(days.into_iter().map(|(view, g, day)| async move {
+            self.run(&s.day_register, (generation, view.as_str(), g.as_str(), day), "batch_days").await.map(|_| ())
+        }))
+        .await
     }
 
     async fn batch_rows(&self, generation: i64, query: &RowQuery) -> Result<Vec<BatchRow>> {
@@ -1389,8 +1435,9 @@ mod tests {
         for (name, text) in &all {
             let upper = text.to_ascii_uppercase();
             let writes = upper.starts_with("INSERT") || upper.starts_with("UPDATE") || upper.starts_with("DELETE");
-            let speed =
-                upper.contains(" SPEED_ROWS ") || upper.contains(" SPEED_SEGMENTS ") || upper.contains(" SPEED_VIEWS ");
+            let speed = upper.contains(" SPEED_ROWS ")
+                || upper.contains(" SPEED_SEGMENTS ")
+                || upper.contains(" SPEED_PARTITIONS ");
             if writes && speed {
                 assert!(upper.contains("USING TIMESTAMP ?"), "{name}: {text}");
             }
@@ -1426,6 +1473,22 @@ mod tests {
         }
     }
 
+    /// The segment registry is partitioned by Kafka partition and cleaned by one range delete below the
+    /// cutoff, stamped like the rows it stands for: a cleanup leaves one range tombstone per partition,
+    /// not one row tombstone per segment in a partition every read scans (review finding, issue 10).
+    #[test]
+    fn the_segment_registry_is_per_kafka_partition_and_cleaned_by_range() {
+        let schema = schema_statements();
+        let registry = schema.iter().find(|s| table_of(s).as_deref() == Some("speed_segments")).unwrap();
+        assert!(
+            registry.contains("PRIMARY KEY ((view_name, granularity, kafka_partition), segment_start)"),
+            "{registry}"
+        );
+        assert!(cql::SEGMENTS_DELETE_BELOW.contains("USING TIMESTAMP ?"));
+        assert!(cql::SEGMENTS_DELETE_BELOW.ends_with("segment_start < ?"));
+        assert!(!cql::SEGMENTS.contains("ALLOW FILTERING") && !cql::PARTITIONS_OF_VIEW.contains("ALLOW FILTERING"));
+    }
+
     fn all_statements() -> Vec<(&'static str, &'static str)> {
         vec![
             ("SPEED_INSERT", cql::SPEED_INSERT),
@@ -1433,10 +1496,12 @@ mod tests {
             ("SPEED_SELECT", cql::SPEED_SELECT),
             ("SPEED_COUNT", cql::SPEED_COUNT),
             ("SEGMENT_REGISTER", cql::SEGMENT_REGISTER),
-            ("SEGMENT_DELETE", cql::SEGMENT_DELETE),
-            ("SEGMENTS_OF_VIEW", cql::SEGMENTS_OF_VIEW),
-            ("VIEW_REGISTER", cql::VIEW_REGISTER),
-            ("VIEWS", cql::VIEWS),
+            ("SEGMENTS_DELETE_BELOW", cql::SEGMENTS_DELETE_BELOW),
+            ("SEGMENTS_BELOW", cql::SEGMENTS_BELOW),
+            ("SEGMENTS", cql::SEGMENTS),
+            ("PARTITION_REGISTER", cql::PARTITION_REGISTER),
+            ("PARTITIONS_OF_VIEW", cql::PARTITIONS_OF_VIEW),
+            ("PARTITIONS", cql::PARTITIONS),
             ("BATCH_INSERT", cql::BATCH_INSERT),
             ("BATCH_SELECT", cql::BATCH_SELECT),
             ("BATCH_DELETE_DAY", cql::BATCH_DELETE_DAY),

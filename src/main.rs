@@ -145,6 +145,11 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// SQL views with the merge rule, for Superset and other BI tools (DESIGN.md §5, §7).
+    Views {
+        #[command(subcommand)]
+        command: ViewsCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -182,6 +187,27 @@ enum StoreCommand {
         /// Store URL (default: store.url): sqlite://PATH, postgres://USER@HOST/DB or scylla://HOST:9042/KEYSPACE.
         #[arg(long)]
         store: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ViewsCommand {
+    /// Print the SQL that (re)creates the views v_<view>_<granularity> (and the e-commerce funnel and
+    /// revenue views): idempotent, one transaction.
+    Sql {
+        /// SQL dialect (default: that of --url, else of store.url, else of bi.url).
+        #[arg(long)]
+        dialect: Option<serving_layer::sql_views::Dialect>,
+        /// The database the script is meant for (default: store.url when SQLite or PostgreSQL, else bi.url).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Create or update the views on the SQL store (or the PostgreSQL mirror of bi.url for a ScyllaDB
+    /// store); drops the views an earlier install made first. Re-run after a change of [[views]].
+    Install {
+        /// The database (default: store.url when SQLite or PostgreSQL, else bi.url).
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -389,6 +415,44 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Store { command: StoreCommand::Init { store } } => {
             for line in common::store::init(store.as_deref().unwrap_or(&config.store.url)).await? {
                 println!("{line}");
+            }
+        }
+        Command::Views { command } => {
+            let views = common::view::ViewSet::new(&config);
+            let url = |given: Option<String>| -> anyhow::Result<String> {
+                use serving_layer::sql_views::Dialect;
+                if let Some(url) = given {
+                    return Ok(url);
+                }
+                if Dialect::of_url(&config.store.url).is_some() {
+                    Ok(config.store.url.clone())
+                } else if !config.bi.url.is_empty() {
+                    Ok(config.bi.url.clone())
+                } else {
+                    anyhow::bail!(
+                        "store.url `{}` is not a SQL database and bi.url is empty: set bi.url to the PostgreSQL \
+                         mirror (or pass --url)",
+                        config.store.url
+                    )
+                }
+            };
+            match command {
+                ViewsCommand::Sql { dialect, url: given } => {
+                    let dialect = match dialect {
+                        Some(d) => d,
+                        None => {
+                            let url = url(given)?;
+                            serving_layer::sql_views::Dialect::of_url(&url)
+                                .ok_or_else(|| anyhow::anyhow!("`{url}` is not a sqlite:// or postgres:// URL"))?
+                        }
+                    };
+                    print!("{}", serving_layer::sql_views::script(&views, dialect)?);
+                }
+                ViewsCommand::Install { url: given } => {
+                    let url = url(given)?;
+                    let names = serving_layer::sql_views::install(&url, &views).await?;
+                    println!("installed {} views: {}", names.len(), names.join(", "));
+                }
             }
         }
         Command::Config { command: ConfigCommand::Show } => print!("{}", toml::to_string_pretty(&config)?),

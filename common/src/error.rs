@@ -70,7 +70,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A configuration error naming `key` (a config key or a CLI option).
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         Error::ConfigInvalid { key: key.into(), message: message.into() }
     }
 

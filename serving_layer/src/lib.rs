@@ -8,6 +8,7 @@ pub mod api;
 pub mod merge;
 pub mod metrics;
 pub mod mirror;
+pub mod sql_views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

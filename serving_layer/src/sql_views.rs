@@ -105,6 +105,7 @@ pub fn views(set: &ViewSet, dialect: Dialect) -> Result<Vec<SqlView>> {
         }
     }
     out.extend(ecommerce_views(set, dialect));
+    out.push(SqlView { name: "v_freshness".to_owned(), select: freshness_select(dialect) });
     Ok(out)
 }
 
@@ -128,23 +129,7 @@ fn check_columns(view: &View) -> Result<()> {
 /// The merge rule as one `SELECT` for `view` at `granularity`.
 fn merged_select(view: &View, g: Granularity, dialect: Dialect) -> String {
     let (view_lit, g_lit) = (literal(&view.name), literal(g.as_str()));
-    let mut sql = String::new();
-    match dialect {
-        Dialect::Sqlite => {
-            sql.push_str(
-                "WITH manifest AS (SELECT generation, body FROM manifests ORDER BY generation DESC LIMIT 1),\n\
-                 cutoffs AS (SELECT CAST(c.key AS INTEGER) AS kafka_partition, c.value AS cutoff\n\
-                 \x20           FROM manifest, json_each(manifest.body, '$.cutoffs') AS c),\n",
-            );
-        }
-        Dialect::Postgres => {
-            sql.push_str(
-                "WITH manifest AS (SELECT generation, body FROM manifests ORDER BY generation DESC LIMIT 1),\n\
-                 cutoffs AS (SELECT c.key::integer AS kafka_partition, c.value::bigint AS cutoff\n\
-                 \x20           FROM manifest, jsonb_each_text(manifest.body -> 'cutoffs') AS c),\n",
-            );
-        }
-    }
+    let mut sql = manifest_ctes(dialect).to_owned();
     let _ = write!(
         sql,
         "merged AS (\n\
@@ -238,6 +223,48 @@ fn ecommerce_views(set: &ViewSet, dialect: Dialect) -> Vec<SqlView> {
         });
     }
     out
+}
+
+/// `v_freshness`: one row with the current manifest's `generation` and when its batch run finished
+/// (`batch_finished_at`, UTC; both NULL before the first publish), and the latest bucket the merged views
+/// hold (`latest_bucket`, UTC, over every view and granularity): what a dashboard shows to tell how fresh
+/// its numbers are.
+fn freshness_select(dialect: Dialect) -> String {
+    let (finished, latest) = match dialect {
+        Dialect::Sqlite => ("datetime(json_extract(body, '$.finished_at'))", "datetime(max(b), 'unixepoch')"),
+        Dialect::Postgres => {
+            ("((body ->> 'finished_at')::timestamptz AT TIME ZONE 'UTC')", "(to_timestamp(max(b)) AT TIME ZONE 'UTC')")
+        }
+    };
+    format!(
+        "{}\
+         SELECT (SELECT generation FROM manifest) AS generation,\n\
+         \x20      (SELECT {finished} FROM manifest) AS batch_finished_at,\n\
+         \x20      (SELECT {latest} FROM (\n\
+         \x20           SELECT max(s.bucket_start) AS b FROM speed_rows s\n\
+         \x20           LEFT JOIN cutoffs c ON c.kafka_partition = s.kafka_partition\n\
+         \x20           WHERE s.segment_start >= coalesce(c.cutoff, 0)\n\
+         \x20           UNION ALL\n\
+         \x20           SELECT max(bucket_start) FROM batch_rows WHERE generation = (SELECT generation FROM manifest)\n\
+         \x20      ) AS latest) AS latest_bucket",
+        manifest_ctes(dialect).trim_end_matches(",\n").to_owned() + "\n"
+    )
+}
+
+/// The `manifest` (the current one) and `cutoffs` (its C[p]) common table expressions, ending in `,\n`.
+fn manifest_ctes(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "WITH manifest AS (SELECT generation, body FROM manifests ORDER BY generation DESC LIMIT 1),\n\
+             cutoffs AS (SELECT CAST(c.key AS INTEGER) AS kafka_partition, c.value AS cutoff\n\
+             \x20           FROM manifest, json_each(manifest.body, '$.cutoffs') AS c),\n"
+        }
+        Dialect::Postgres => {
+            "WITH manifest AS (SELECT generation, body FROM manifests ORDER BY generation DESC LIMIT 1),\n\
+             cutoffs AS (SELECT c.key::integer AS kafka_partition, c.value::bigint AS cutoff\n\
+             \x20           FROM manifest, jsonb_each_text(manifest.body -> 'cutoffs') AS c),\n"
+        }
+    }
 }
 
 /// The statements that (re)create `views`: each dropped if it exists (the e-commerce views first, as they
@@ -362,7 +389,7 @@ mod tests {
             }
             assert!(names.contains(&"v_funnel_by_category_day".to_owned()));
             assert!(names.contains(&"v_revenue_by_brand_day".to_owned()));
-            assert_eq!(names.last().unwrap(), "v_revenue_by_brand_day", "derived views come last");
+            assert_eq!(names[names.len() - 2], "v_revenue_by_brand_day", "derived views come last");
         }
     }
 

@@ -47,7 +47,7 @@ async fn start(url: String, dir: Option<tempfile::TempDir>) -> Env {
     let lease =
         store.acquire_lease("batch", "sql-views-test", std::time::Duration::from_secs(600)).await.unwrap().unwrap();
     let installed = sql_views::install(&url, &views).await.unwrap();
-    assert_eq!(installed.len(), 3 * 3 + 2, "{installed:?}");
+    assert_eq!(installed.len(), 3 * 3 + 2 + 1, "{installed:?}");
     // idempotent: a second install replaces them
     assert_eq!(sql_views::install(&url, &views).await.unwrap(), installed);
     Env { url, base, store, views, lease, stop, _dir: dir }
@@ -176,17 +176,36 @@ async fn view_cells(env: &Env, view: &str, g: Granularity) -> Vec<Cell> {
     out
 }
 
-/// Every view and granularity: the SQL view equals the API. Returns the number of rows compared.
-async fn assert_views_equal_api(env: &Env, phase: &str) -> usize {
+/// Every view and granularity: the SQL view equals the API; then the e-commerce views, and `v_freshness`
+/// against `generation` (the one published last) and the latest bucket of the API's rows. Returns the
+/// number of rows compared.
+async fn assert_views_equal_api(env: &Env, phase: &str, generation: Option<i64>) -> usize {
     let mut compared = 0;
+    let mut latest = None;
     for v in &env.views.views {
         for &g in &v.granularities {
             let (api, sql) = (api_cells(env, &v.name, g).await, view_cells(env, &v.name, g).await);
             assert_eq!(sql, api, "{phase}: {} at {g} on {}", v.name, env.url);
             compared += api.len();
+            latest = latest.max(api.iter().map(|c| c.0).max());
         }
     }
     assert_ecommerce_views(env, phase).await;
+    let sql = match Dialect::of_url(&env.url).unwrap() {
+        Dialect::Sqlite => "SELECT CAST(generation AS TEXT), batch_finished_at, latest_bucket FROM v_freshness",
+        Dialect::Postgres => {
+            "SELECT CAST(generation AS TEXT), to_char(batch_finished_at, 'YYYY-MM-DD HH24:MI:SS'), \
+                              to_char(latest_bucket, 'YYYY-MM-DD HH24:MI:SS') FROM v_freshness"
+        }
+    };
+    let rows = sql_rows(&env.url, sql).await;
+    assert_eq!(rows.len(), 1, "{phase}: v_freshness has one row");
+    assert_eq!(rows[0][0].as_deref().map(|g| g.parse::<i64>().unwrap()), generation, "{phase}: generation");
+    assert_eq!(rows[0][1].is_some(), generation.is_some(), "{phase}: batch_finished_at {:?}", rows[0][1]);
+    let bucket = rows[0][2]
+        .as_deref()
+        .map(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S").unwrap().and_utc().timestamp());
+    assert_eq!(bucket, latest, "{phase}: latest_bucket");
     compared
 }
 
@@ -335,23 +354,23 @@ async fn phases(env: Env, seed: u64) {
     for (p, start) in [(0, 0), (0, 100), (1, 0), (1, 100)] {
         env.store.upsert_speed_rows("events", &speed_rows(&mut rng, p, start, 120)).await.unwrap();
     }
-    let n = assert_views_equal_api(&env, "speed only").await;
+    let n = assert_views_equal_api(&env, "speed only", None).await;
     assert!(n > 100, "speed only compared {n} rows");
 
     // batch: a generation holding partitions 0 and 1 below offset 100 (their first segments absorbed, the
     // second ones still speed); partition 2 has no cutoff and counts whole
-    publish(&env, &batch_rows(&mut rng, 300), &[(0, 100), (1, 100)]).await;
+    let generation = publish(&env, &batch_rows(&mut rng, 300), &[(0, 100), (1, 100)]).await;
     env.store.upsert_speed_rows("events", &speed_rows(&mut rng, 2, 0, 60)).await.unwrap();
-    let n = assert_views_equal_api(&env, "batch").await;
+    let n = assert_views_equal_api(&env, "batch", Some(generation)).await;
     assert!(n > 100, "batch compared {n} rows");
 
     // mixed: a newer generation with later cutoffs, newer speed segments on the same buckets, and the
     // older generation's rows still stored (only the current one counts)
-    publish(&env, &batch_rows(&mut rng, 300), &[(0, 200), (1, 100), (2, 0)]).await;
+    let generation = publish(&env, &batch_rows(&mut rng, 300), &[(0, 200), (1, 100), (2, 0)]).await;
     for (p, start) in [(0, 200), (1, 200), (2, 100)] {
         env.store.upsert_speed_rows("events", &speed_rows(&mut rng, p, start, 150)).await.unwrap();
     }
-    let n = assert_views_equal_api(&env, "mixed").await;
+    let n = assert_views_equal_api(&env, "mixed", Some(generation)).await;
     assert!(n > 100, "mixed compared {n} rows");
     let sources = sql_rows(
         &env.url,
@@ -388,11 +407,11 @@ async fn a_view_removed_from_the_config_loses_its_sql_view() {
     sql_views::install(&url, &all).await.unwrap();
     let fewer = ViewSet { views: all.views.iter().filter(|v| v.name == "by_type").cloned().collect() };
     let names = sql_views::install(&url, &fewer).await.unwrap();
-    assert_eq!(names, ["v_by_type_minute", "v_by_type_hour", "v_by_type_day"]);
+    assert_eq!(names, ["v_by_type_minute", "v_by_type_hour", "v_by_type_day", "v_freshness"]);
     let left: Vec<String> = sql_rows(&url, "SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")
         .await
         .into_iter()
         .map(|r| r[0].clone().unwrap())
         .collect();
-    assert_eq!(left, ["v_by_type_day", "v_by_type_hour", "v_by_type_minute"]);
+    assert_eq!(left, ["v_by_type_day", "v_by_type_hour", "v_by_type_minute", "v_freshness"]);
 }

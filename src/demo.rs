@@ -148,6 +148,8 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// View store URL (it must hold no views yet); `None`: a SQLite file under `data_dir`.
     pub store: Option<String>,
+    /// Event times are the production time ([`produce::LiveTime`]) instead of the input's own.
+    pub live: bool,
 }
 
 impl Default for DemoOptions {
@@ -162,6 +164,7 @@ impl Default for DemoOptions {
             batch_cron: "*/30 * * * * *".into(),
             partitions: 3,
             store: None,
+            live: false,
         }
     }
 }
@@ -250,9 +253,10 @@ pub async fn run(mut config: Config, options: DemoOptions, shutdown: Cancellatio
             ("pacer", paced.map_err(anyhow::Error::from).and_then(|r| r))
         });
         let (k, t, rate) = (config.kafka.clone(), stop.clone(), options.rate);
+        let live = options.live.then(|| produce::LiveTime::new(&config));
         let total = messages.len();
         tasks.spawn(async move {
-            let sent = produce::send_paced(&k, &messages, Some(rate), &t, Some(pause_rx)).await;
+            let sent = produce::send_paced(&k, &messages, Some(rate), &t, Some(pause_rx), live).await;
             if let Ok(n) = &sent {
                 info!(sent = n, of = total, "producer finished");
             }

@@ -61,6 +61,10 @@ enum Command {
         /// View store URL, e.g. postgres://user@host/db (must be empty); default: SQLite under --data-dir.
         #[arg(long)]
         store: Option<String>,
+        /// Live stream: every event's time is the moment it is produced (as a live shop's would be), so a
+        /// dashboard's last hour moves on refresh. Default: the input's own (historical) times.
+        #[arg(long)]
+        live: bool,
     },
     /// Run the speed layer (Kafka -> speed rows).
     Speed,
@@ -278,7 +282,7 @@ async fn run(cli: Cli) -> Result<()> {
         });
     }
     match cli.command {
-        Command::Demo { input, events, rate, duplicates, listen, data_dir, batch_cron, store } => {
+        Command::Demo { input, events, rate, duplicates, listen, data_dir, batch_cron, store, live } => {
             let options = DemoOptions {
                 input,
                 events,
@@ -288,6 +292,7 @@ async fn run(cli: Cli) -> Result<()> {
                 listen: Some(listen),
                 batch_cron,
                 store,
+                live,
                 ..DemoOptions::default()
             };
             lambda::demo::run(config, options, shutdown).await?;

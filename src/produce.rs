@@ -134,7 +134,63 @@ pub async fn send(
     rate: Option<f64>,
     shutdown: &CancellationToken,
 ) -> Result<u64> {
-    send_paced(kafka, messages, rate, shutdown, None).await
+    send_paced(kafka, messages, rate, shutdown, None, None).await
+}
+
+/// Event times rewritten to the production time as each message is sent (`lambda demo --live`), so the
+/// stream looks like a live shop's: the schema's event-time field of every JSON object message is set to
+/// now, in the schema's first time format. A repeat of a message (the same payload sent again, as
+/// [`with_duplicates`] makes them) gets the time its first copy got, so it stays the same event for the
+/// dedup key. Messages that are not JSON objects go out unchanged (the layers dead-letter them).
+#[derive(Debug)]
+pub struct LiveTime {
+    field: String,
+    /// A chrono format string, or `None` for RFC 3339.
+    format: Option<String>,
+    /// Stamped payloads by original payload, for repeats (bounded: oldest dropped first).
+    seen: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    order: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl LiveTime {
+    /// Repeats come at most `duplicate_spread` (2,000) messages after their original: twice that is kept.
+    const KEEP: usize = 4_000;
+
+    pub fn new(config: &Config) -> Self {
+        let format = config.schema.time_formats.first().filter(|f| f.as_str() != "rfc3339").cloned();
+        LiveTime {
+            field: config.schema.event_time.clone(),
+            format,
+            seen: Default::default(),
+            order: Default::default(),
+        }
+    }
+
+    /// `payload` with its event time set to `now` (or the time its first copy got).
+    pub fn stamp(&mut self, payload: &[u8], now: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+        if let Some(stamped) = self.seen.get(payload) {
+            return stamped.clone();
+        }
+        let stamped = match serde_json::from_slice::<Value>(payload) {
+            Ok(Value::Object(mut object)) => {
+                let text = match &self.format {
+                    Some(f) => now.format(f).to_string(),
+                    None => now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                };
+                object.insert(self.field.clone(), Value::String(text));
+                serde_json::to_vec(&object).expect("JSON object serializes")
+            }
+            _ => payload.to_vec(),
+        };
+        self.seen.insert(payload.to_vec(), stamped.clone());
+        self.order.push_back(payload.to_vec());
+        if self.order.len() > Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        stamped
+    }
 }
 
 /// [`send`], holding back while `pause` reads `true` (the demo's pacing on its consumers, `demo.rs`).
@@ -144,6 +200,7 @@ pub async fn send_paced(
     rate: Option<f64>,
     shutdown: &CancellationToken,
     mut pause: Option<tokio::sync::watch::Receiver<bool>>,
+    mut live: Option<LiveTime>,
 ) -> Result<u64> {
     let producer: FutureProducer = producer_config(kafka).create().context("creating the Kafka producer")?;
     let tick = Duration::from_millis(10);
@@ -182,7 +239,8 @@ pub async fn send_paced(
             budget -= 1.0;
         }
         let m = &messages[i];
-        let mut record = FutureRecord::to(&kafka.topic).payload(&m.payload);
+        let stamped = live.as_mut().map(|l| l.stamp(&m.payload, chrono::Utc::now()));
+        let mut record = FutureRecord::to(&kafka.topic).payload(stamped.as_deref().unwrap_or(&m.payload));
         if let Some(k) = &m.key {
             record = record.key(k);
         }
@@ -233,6 +291,34 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--live`: the event time becomes the production time in the schema's format, which the event
+    /// decoder reads back as that instant; a repeat keeps its first copy's time; other fields and non-JSON
+    /// messages are untouched.
+    #[test]
+    fn live_time_stamps_the_production_time_and_repeats_keep_theirs() {
+        let config = Config::defaults();
+        let mut live = LiveTime::new(&config);
+        let a = br#"{"event_time":"2019-11-01 00:00:00 UTC","event_type":"view","price":1.5}"#;
+        let b = br#"{"event_time":"2019-11-01 00:00:01 UTC","event_type":"cart","price":2}"#;
+        let t1 = chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+        let t2 = t1 + chrono::Duration::seconds(7);
+        let stamped_a = live.stamp(a, t1);
+        let stamped_b = live.stamp(b, t2);
+        let again_a = live.stamp(a, t2);
+        assert_eq!(again_a, stamped_a, "a repeat is the same event");
+        let decoded: Map<String, Value> = serde_json::from_slice(&stamped_a).unwrap();
+        assert_eq!(decoded["event_time"], "2026-11-18 11:06:40 UTC");
+        assert_eq!(decoded["event_type"], "view");
+        assert_eq!(decoded["price"], 1.5);
+        let decoded: Map<String, Value> = serde_json::from_slice(&stamped_b).unwrap();
+        assert_eq!(decoded["event_time"], "2026-11-18 11:06:47 UTC");
+        // the layers' decoder reads the stamped text back as the production instant
+        let text = decoded["event_time"].as_str().unwrap();
+        let parsed = chrono::NaiveDateTime::parse_from_str(text, &config.schema.time_formats[0]).unwrap();
+        assert_eq!(parsed.and_utc(), t2);
+        assert_eq!(live.stamp(b"not json", t1), b"not json");
+    }
 
     #[test]
     fn duplicates_are_copies_placed_later() {

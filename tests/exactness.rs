@@ -296,11 +296,7 @@ async fn a_restart_with_smaller_segment_limits_stays_exact() {
     h.start_speed();
     h.produce(&messages[..300], None).await;
     // the first run flushes rows of its open segment [0, ...) up to offset 300, then dies unsealed
-    let deadline = Instant::now() + PATIENCE;
-    while h.speed_progress().await < 300 {
-        assert!(Instant::now() < deadline, "the first run never flushed 300 records");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    h.wait_for_speed_progress(300, PATIENCE, || "the first run never flushed 300 records".into()).await;
     h.kill_speed().await;
     assert!(h.store.seals("events").await.unwrap().is_empty());
 
@@ -336,11 +332,7 @@ async fn a_foreign_seal_never_loses_rows_or_doubles_dead_letters() {
     }
     h.start_speed();
     h.produce(&messages[..100], None).await;
-    let deadline = Instant::now() + PATIENCE;
-    while h.speed_progress().await < 100 {
-        assert!(Instant::now() < deadline, "no flush up to offset 100");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    h.wait_for_speed_progress(100, PATIENCE, || "no flush up to offset 100".into()).await;
     // the other writer: seals [0, 100) first (its rows are the consumer's flushed rows at upto 100)
     let recorded =
         h.store.record_seal("events", common::store::Seal { partition: 0, start: 0, end: 100 }).await.unwrap();
@@ -622,11 +614,7 @@ async fn a_seal_recorded_before_a_crash_is_finalized_by_the_next_member() {
     let messages = sample_messages(&h.config);
     h.start_speed();
     h.produce(&messages[..100], None).await;
-    let deadline = Instant::now() + PATIENCE;
-    while h.speed_progress().await < 100 {
-        assert!(Instant::now() < deadline, "no flush up to offset 100");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    h.wait_for_speed_progress(100, PATIENCE, || "no flush up to offset 100".into()).await;
     h.kill_speed().await;
     // the crashed member's seal: recorded, never finalized, nothing committed
     let seal = common::store::Seal { partition: 0, start: 0, end: 300 };

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::process::{Process, Signal};
 use support::{sample_messages, truth, Harness};
@@ -25,11 +25,7 @@ async fn a_zombie_member_cannot_write_past_another_members_seal() {
     let mut zombie = Process::new("zombie", &["speed"], &zombie_config, h.dir.path());
     zombie.start();
     h.produce(&messages[..400], None).await;
-    let deadline = Instant::now() + PATIENCE;
-    while h.speed_progress().await < 400 {
-        assert!(Instant::now() < deadline, "the zombie never flushed; log:\n{}", zombie.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    h.wait_for_speed_progress(400, PATIENCE, || format!("the zombie never flushed; log:\n{}", zombie.log_text())).await;
     h.produce(&messages[400..500], None).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // applied, most likely not flushed yet
     zombie.signal(Signal::SIGSTOP);

@@ -61,3 +61,24 @@ pub fn scratch_scylla(test: &str) -> Option<String> {
         }
     }
 }
+
+/// A manifest of `generation` with these (partition, cutoff) pairs, zero counters and no notes, finished
+/// now: what tests publish when they stand in for a batch run.
+pub fn manifest(generation: i64, cutoffs: &[(i32, i64)]) -> crate::store::Manifest {
+    let now = chrono::Utc::now();
+    crate::store::Manifest {
+        generation,
+        cutoffs: cutoffs.iter().copied().collect(),
+        archive_starts: Default::default(),
+        rows: Default::default(),
+        records_scanned: 0,
+        repeated_records_removed: 0,
+        duplicates_removed: 0,
+        records_without_dedup_key: 0,
+        cutoff_notes: vec![],
+        log_ends: Default::default(),
+        cutoff_progress: Default::default(),
+        started_at: now,
+        finished_at: now,
+    }
+}

@@ -174,21 +174,7 @@ mod tests {
     }
 
     fn manifest(cutoffs: &[(i32, i64)]) -> Manifest {
-        Manifest {
-            generation: 1,
-            cutoffs: cutoffs.iter().copied().collect(),
-            archive_starts: Default::default(),
-            rows: Default::default(),
-            records_scanned: 0,
-            repeated_records_removed: 0,
-            duplicates_removed: 0,
-            records_without_dedup_key: 0,
-            cutoff_notes: vec![],
-            log_ends: Default::default(),
-            cutoff_progress: Default::default(),
-            started_at: chrono::Utc::now(),
-            finished_at: chrono::Utc::now(),
-        }
+        common::testing::manifest(1, cutoffs)
     }
 
     #[test]

@@ -66,6 +66,10 @@ impl std::str::FromStr for Dialect {
     }
 }
 
+/// The e-commerce views, which read the base views (dropped before them, created after them).
+const FUNNEL_VIEW: &str = "v_funnel_by_category_day";
+const REVENUE_VIEW: &str = "v_revenue_by_brand_day";
+
 /// The text every generated view carries (a comment in its definition on SQLite, the view's COMMENT on
 /// PostgreSQL): how [`install`] finds the views an earlier install made.
 pub const MARK: &str = "lambda views install: generated from the view config";
@@ -191,7 +195,7 @@ fn ecommerce_views(set: &ViewSet, dialect: Dialect) -> Vec<SqlView> {
     }) {
         let base = ident(&view_name(&v.name, Granularity::Day));
         out.push(SqlView {
-            name: "v_funnel_by_category_day".to_owned(),
+            name: FUNNEL_VIEW.to_owned(),
             select: format!(
                 "SELECT bucket_start, category_code, views, carts, purchases,\n\
                  \x20      {} AS view_to_cart,\n\
@@ -215,7 +219,7 @@ fn ecommerce_views(set: &ViewSet, dialect: Dialect) -> Vec<SqlView> {
         let base = ident(&view_name(&v.name, Granularity::Day));
         let purchases = if v.metric_names.iter().any(|m| m == "count") { "sum(\"count\")" } else { "NULL" };
         out.push(SqlView {
-            name: "v_revenue_by_brand_day".to_owned(),
+            name: REVENUE_VIEW.to_owned(),
             select: format!(
                 "SELECT bucket_start, brand, sum(\"sum_price\") AS revenue, {purchases} AS purchases\n\
                  FROM {base} WHERE event_type = 'purchase' GROUP BY bucket_start, brand"
@@ -318,10 +322,10 @@ pub async fn install(url: &str, set: &ViewSet) -> Result<Vec<String>> {
     })?;
     let views = views(set, dialect)?;
     let err = |source| Error::Store { table: "views", source };
+    // the store makes its tables on open: views on a fresh database need them
+    common::store::open(url).await?;
     match dialect {
         Dialect::Sqlite => {
-            // the store makes its tables on open: a view on a fresh file needs them
-            common::store::open(url).await?;
             let mut conn = sqlx::SqliteConnection::connect(url).await.map_err(err)?;
             let mut tx = conn.begin().await.map_err(err)?;
             let old: Vec<String> =
@@ -334,7 +338,6 @@ pub async fn install(url: &str, set: &ViewSet) -> Result<Vec<String>> {
             tx.commit().await.map_err(err)?;
         }
         Dialect::Postgres => {
-            common::store::open(url).await?;
             let mut conn = sqlx::PgConnection::connect(url).await.map_err(err)?;
             let mut tx = conn.begin().await.map_err(err)?;
             let old: Vec<String> = sqlx::query_scalar(
@@ -362,7 +365,7 @@ where
     let err = |source| Error::Store { table: "views", source };
     // the e-commerce views read the others; drop them first, then the rest
     let (derived, base): (Vec<&String>, Vec<&String>) =
-        old.iter().partition(|n| n.as_str() == "v_funnel_by_category_day" || n.as_str() == "v_revenue_by_brand_day");
+        old.iter().partition(|n| [FUNNEL_VIEW, REVENUE_VIEW].contains(&n.as_str()));
     for name in derived.into_iter().chain(base) {
         sqlx::raw_sql(&format!("DROP VIEW IF EXISTS {}", ident(name))).execute(&mut *conn).await.map_err(err)?;
     }

@@ -1,11 +1,9 @@
 //! The HTTP API against a real SQLite store on 127.0.0.1: parameter errors, the answer shape, exact decimals,
 //! null dimensions, filters, group_by, the merge rule's sources, auth, health, manifest and metrics.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::Utc;
-use common::store::{BatchRow, Lease, Manifest, SpeedRow, ViewKey, ViewStore};
+use common::store::{BatchRow, Lease, SpeedRow, ViewKey, ViewStore};
 use common::view::Granularity;
 use common::Config;
 use serde_json::Value;
@@ -51,24 +49,7 @@ fn key(view: &str, g: Granularity, bucket: i64, dims: &[Option<&str>]) -> ViewKe
     }
 }
 
-/// A manifest of `generation` with these (partition, cutoff) pairs and empty counters.
-fn manifest(generation: i64, cutoffs: &[(i32, i64)]) -> Manifest {
-    Manifest {
-        generation,
-        cutoffs: cutoffs.iter().copied().collect(),
-        archive_starts: BTreeMap::new(),
-        rows: BTreeMap::new(),
-        records_scanned: 0,
-        repeated_records_removed: 0,
-        duplicates_removed: 0,
-        records_without_dedup_key: 0,
-        cutoff_notes: vec![],
-        log_ends: BTreeMap::new(),
-        cutoff_progress: BTreeMap::new(),
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
-    }
-}
+use common::testing::manifest;
 
 const NOV1: i64 = 1_572_566_400; // 2019-11-01T00:00:00Z
 const DAY: i64 = 86_400;

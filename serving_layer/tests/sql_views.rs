@@ -11,8 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::Utc;
-use common::store::{BatchRow, Lease, Manifest, SpeedRow, ViewKey, ViewStore};
+use common::store::{BatchRow, Lease, SpeedRow, ViewKey, ViewStore};
 use common::view::{Granularity, ViewSet};
 use common::Config;
 use rand::rngs::StdRng;
@@ -321,28 +320,10 @@ fn batch_rows(rng: &mut StdRng, n: usize) -> Vec<BatchRow> {
     rows.into_values().collect()
 }
 
-fn manifest(generation: i64, cutoffs: &[(i32, i64)]) -> Manifest {
-    Manifest {
-        generation,
-        cutoffs: cutoffs.iter().copied().collect(),
-        archive_starts: BTreeMap::new(),
-        rows: BTreeMap::new(),
-        records_scanned: 0,
-        repeated_records_removed: 0,
-        duplicates_removed: 0,
-        records_without_dedup_key: 0,
-        cutoff_notes: vec![],
-        log_ends: BTreeMap::new(),
-        cutoff_progress: BTreeMap::new(),
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
-    }
-}
-
 async fn publish(env: &Env, rows: &[BatchRow], cutoffs: &[(i32, i64)]) -> i64 {
     let generation = env.store.allocate_generation(&env.lease).await.unwrap();
     env.store.write_batch_rows(&env.lease, generation, rows).await.unwrap();
-    env.store.publish_manifest(&env.lease, &manifest(generation, cutoffs)).await.unwrap();
+    env.store.publish_manifest(&env.lease, &common::testing::manifest(generation, cutoffs)).await.unwrap();
     generation
 }
 

@@ -211,6 +211,16 @@ impl Harness {
         best.values().sum()
     }
 
+    /// Polls every 50 ms until [`Self::speed_progress`] reaches `at_least`; panics after `patience` with
+    /// `why()` (what the test was waiting for, and any log worth showing).
+    pub async fn wait_for_speed_progress(&self, at_least: i64, patience: Duration, why: impl Fn() -> String) {
+        let deadline = Instant::now() + patience;
+        while self.speed_progress().await < at_least {
+            assert!(Instant::now() < deadline, "{}", why());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Progress of the archiver: the sum over partitions of the largest archived `next` offset.
     pub fn archive_progress(&self) -> i64 {
         let files = batch_layer::archive::list(&self.config.archive.root, "events").unwrap();

@@ -170,8 +170,8 @@ impl SpeedLayer {
     /// records are in the batch view, and their seals may have been pruned. Without a committed offset (a
     /// new group, a renamed or expired one, or a member that crashed before its first commit) it resumes at
     /// the start of the last seal of the recorded chain from the cutoff ([`Self::chain_resume`]), so a
-    /// segment never starts off the chain and a sealed segment is never left unfinalized; with no seal at
-    /// all, at the first record.
+    /// segment never starts off the chain and a sealed segment is never left unfinalized (unless retention
+    /// deleted its start: then at its end); with no seal at all, at the first record.
     async fn open_partition(&self, partition: i32, epoch: u64, first_offset: i64) -> Result<PartitionState> {
         let committed = self.committed_offset(partition).await?;
         let cutoff = self.published_cutoff(partition).await?;
@@ -185,7 +185,7 @@ impl SpeedLayer {
                 ?committed,
                 ?cutoff,
                 start,
-                "resuming at the published cutoff or the end of the seal chain"
+                "resuming at the published cutoff or on the recorded seal chain"
             );
             self.seek(partition, start).await?;
         }
@@ -204,11 +204,10 @@ impl SpeedLayer {
     }
 
     /// Where a member without a committed offset resumes on the recorded seal chain of `partition` from
-    /// `cutoff` (from its first seal without a cutoff): the *start* of the chain's last seal, so that
-    /// sealed segment is replayed and finalized again (idempotent). Its recorder may have crashed between
-    /// recording the seal and finalizing it, and the commit that would tell follows the finalize; every
-    /// earlier seal was finalized before the next one was recorded. `cutoff` itself when no seal starts
-    /// there; `None` without either.
+    /// `cutoff` (from its first seal without a cutoff), per [`chain_tail`] and [`resume_point`]: the start
+    /// of the chain's last seal, so that sealed segment is replayed and finalized again (idempotent), unless
+    /// retention has deleted that start (one low-watermark request, only when there is a seal). `None`
+    /// without a cutoff or a seal.
     async fn chain_resume(&self, partition: i32, cutoff: Option<i64>) -> Result<Option<i64>> {
         let from = std::collections::BTreeMap::from([(partition, cutoff.unwrap_or(i64::MIN))]);
         let seals: Vec<Seal> = self
@@ -218,15 +217,28 @@ impl SpeedLayer {
             .into_iter()
             .filter(|s| s.partition == partition)
             .collect();
-        let Some(mut at) = cutoff.or_else(|| seals.first().map(|s| s.start)) else { return Ok(None) };
-        let mut last_start = at;
-        for s in &seals {
-            if s.start == at {
-                last_start = s.start;
-                at = s.end;
+        let Some((last, end)) = chain_tail(&seals, cutoff) else { return Ok(None) };
+        let Some(last) = last else { return Ok(Some(end)) };
+        let timeout = Duration::from_secs(5);
+        let log_start = match common::kafka::low_watermark(&self.consumer, self.topic(), partition, timeout).await {
+            Ok(low) => low,
+            Err(e) => {
+                warn!(partition, error = %e, "cannot read the log start; replaying the last seal from its start");
+                i64::MIN
             }
+        };
+        let start = resume_point(last, log_start);
+        if start != last.start {
+            warn!(
+                partition,
+                seal_start = last.start,
+                seal_end = last.end,
+                log_start,
+                "retention deleted the start of the last recorded seal: resuming at its end; if its recorder \
+                 crashed before finalizing it, its rows hold what that member flushed until the batch covers it"
+            );
         }
-        Ok(Some(last_start))
+        Ok(Some(start))
     }
 
     /// The record after `expected` came at `got`: the low watermark tells whether the offsets in between
@@ -422,5 +434,67 @@ impl SpeedLayer {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// The recorded seal chain of one partition from `cutoff` (DESIGN.md §4): `seals` are that partition's
+/// seals from `cutoff` in start order (foreign seals off the chain are skipped); the chain starts at `cutoff`,
+/// or at the first seal without a cutoff, and follows `end -> start` links. Returns the chain's last seal
+/// (`None` when no seal starts at `cutoff`) and its end, where the next segment starts; `None` without a
+/// cutoff or a seal.
+fn chain_tail(seals: &[Seal], cutoff: Option<i64>) -> Option<(Option<Seal>, i64)> {
+    let mut at = cutoff.or_else(|| seals.first().map(|s| s.start))?;
+    let mut last = None;
+    for s in seals {
+        if s.start == at {
+            last = Some(*s);
+            at = s.end;
+        }
+    }
+    Some((last, at))
+}
+
+/// Where a member without a committed offset resumes given the chain's `last` seal and the partition's
+/// `log_start` (low watermark): at the seal's start, to replay and finalize it, since its recorder may
+/// have crashed between recording and finalizing it and the commit that would tell follows the finalize
+/// (every earlier seal was finalized before the next was recorded). When retention has deleted that start
+/// (`log_start > last.start`), at its end instead: a replay of the retained tail would finalize the segment
+/// with partial counts at the same `upto_offset` as its recorder's, and report records the recorder had
+/// read as lost.
+fn resume_point(last: Seal, log_start: i64) -> i64 {
+    if log_start > last.start {
+        last.end
+    } else {
+        last.start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seal(start: i64, end: i64) -> Seal {
+        Seal { partition: 0, start, end }
+    }
+
+    #[test]
+    fn the_chain_is_followed_from_the_cutoff_and_skips_foreign_seals() {
+        let seals = [seal(100, 200), seal(150, 180), seal(200, 350), seal(400, 500)];
+        assert_eq!(chain_tail(&seals, Some(100)), Some((Some(seal(200, 350)), 350)));
+        assert_eq!(chain_tail(&seals, None), Some((Some(seal(200, 350)), 350)));
+        assert_eq!(chain_tail(&seals[3..], Some(350)), Some((None, 350)), "no seal starts at the cutoff");
+        assert_eq!(chain_tail(&[], Some(42)), Some((None, 42)));
+        assert_eq!(chain_tail(&[], None), None);
+    }
+
+    #[test]
+    fn the_last_seal_is_replayed_unless_retention_deleted_its_start() {
+        let last = seal(200, 350);
+        assert_eq!(resume_point(last, 0), 200);
+        assert_eq!(resume_point(last, 200), 200, "its first record is still there");
+        assert_eq!(resume_point(last, i64::MIN), 200, "log start unknown");
+        assert_eq!(resume_point(last, 201), 350);
+        assert_eq!(resume_point(last, 350), 350);
+        assert_eq!(resume_point(last, 1_000), 350, "the records past its end are reported lost from there");
     }
 }

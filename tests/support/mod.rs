@@ -323,6 +323,27 @@ impl Harness {
             .expect("lease is free")
     }
 
+    /// Sum of the Prometheus counter `name` over all its label sets in `/metrics` (0 when absent). The
+    /// recorder is global to the test binary: tests running beside this one add to it too.
+    pub async fn counter(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
+
+    /// The log start offset (low watermark) of `partition` of the harness's topic, read by a plain client.
+    pub async fn low_watermark(&self, partition: i32) -> i64 {
+        let (brokers, topic) = (self.config.kafka.brokers.clone(), self.config.kafka.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+            c.fetch_watermarks(&topic, partition, Duration::from_secs(10)).unwrap().0
+        })
+        .await
+        .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let r = self.http.get(format!("{}{path}", self.base_url)).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())

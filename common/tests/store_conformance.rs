@@ -61,6 +61,24 @@ async fn speed_rows_have_set_semantics(store: &dyn ViewStore) {
     assert_eq!(ranged.iter().map(|r| r.key.bucket_start).collect::<Vec<_>>(), vec![3_600]);
     assert_eq!(store.speed_rows(&RowQuery { limit: Some(3), ..all() }).await.unwrap().len(), 3);
     assert_eq!(store.speed_rows(&RowQuery { limit: Some(100), ..all() }).await.unwrap().len(), 6);
+    // segments below the caller's cutoffs are skipped, and do not count toward the limit
+    let every = store.speed_rows(&all()).await.unwrap();
+    for cutoffs in [BTreeMap::from([(0, 30)]), BTreeMap::from([(0, 31), (1, 0)]), BTreeMap::from([(1, 1), (7, 9)])] {
+        let mut expected: Vec<_> = every
+            .iter()
+            .filter(|r| r.segment_start >= cutoffs.get(&r.partition).copied().unwrap_or(0))
+            .cloned()
+            .collect();
+        let q = RowQuery { speed_from: cutoffs.clone(), ..all() };
+        let mut got = store.speed_rows(&q).await.unwrap();
+        let order = |r: &SpeedRow| (r.partition, r.segment_start, r.key.clone());
+        expected.sort_by_key(order);
+        got.sort_by_key(order);
+        assert_eq!(got, expected, "speed_from {cutoffs:?}");
+        let limited = store.speed_rows(&RowQuery { limit: Some(2), ..q }).await.unwrap();
+        assert_eq!(limited.len(), expected.len().min(2), "speed_from {cutoffs:?} with a limit");
+        assert!(limited.iter().all(|r| expected.contains(r)));
+    }
     // cleanup below the cutoffs: partition 0 segments starting before 30, partition 1 none (with seals)
     store.record_seal(T, Seal { partition: 0, start: 0, end: 30 }).await.unwrap();
     store.record_seal(T, Seal { partition: 0, start: 30, end: 40 }).await.unwrap();

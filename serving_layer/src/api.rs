@@ -514,6 +514,8 @@ async fn answer_view(state: &AppState, view_name: &str, params: &[(String, Strin
         from: q.from,
         to: q.to,
         limit: Some(max_rows.saturating_add(1)),
+        // the merge drops speed rows below the cutoffs of this manifest: do not read them
+        speed_from: manifest.as_ref().map(|m| m.cutoffs.clone()).unwrap_or_default(),
     };
     let too_many = |read: usize| {
         let bound = |t: Option<i64>| {

@@ -126,12 +126,17 @@ pub struct RowQuery {
     pub to: Option<i64>,
     /// Return at most this many rows (the store stops reading there); `None` = all.
     pub limit: Option<usize>,
+    /// Speed reads only: skip the segments of partition `p` that start below `speed_from[p]`, the cutoffs
+    /// of the manifest the caller merges with (those rows are in its batch generation, DESIGN.md §5), so
+    /// they neither cost a read nor count toward `limit`; partitions absent: every segment. Batch reads
+    /// ignore it. Pass the cutoffs of the manifest read *before* this read, never the store's latest.
+    pub speed_from: BTreeMap<i32, i64>,
 }
 
 impl RowQuery {
     /// Every row of `view` at `granularity`.
     pub fn all(view: &str, granularity: Granularity) -> Self {
-        RowQuery { view: view.to_owned(), granularity, from: None, to: None, limit: None }
+        RowQuery { view: view.to_owned(), granularity, from: None, to: None, limit: None, speed_from: BTreeMap::new() }
     }
 }
 

@@ -392,7 +392,8 @@ async fn write_speed_rows(conn: &mut PgConnection, rows: &[&SpeedRow], only_larg
 }
 
 /// `WHERE` conditions of a range read (the caller wrote `WHERE`).
-fn push_range(qb: &mut QueryBuilder<'_, Postgres>, query: &RowQuery) {
+/// The `WHERE` conditions (and `LIMIT`) of a row read; `speed` adds [`RowQuery::speed_from`].
+fn push_range(qb: &mut QueryBuilder<'_, Postgres>, query: &RowQuery, speed: bool) {
     qb.push(" view = ").push_bind(query.view.clone());
     qb.push(" AND granularity = ").push_bind(query.granularity.as_str());
     if let Some(from) = query.from {
@@ -400,6 +401,12 @@ fn push_range(qb: &mut QueryBuilder<'_, Postgres>, query: &RowQuery) {
     }
     if let Some(to) = query.to {
         qb.push(" AND bucket_start < ").push_bind(to);
+    }
+    if speed {
+        for (&partition, &cutoff) in &query.speed_from {
+            qb.push(" AND NOT (kafka_partition = ").push_bind(partition);
+            qb.push(" AND segment_start < ").push_bind(cutoff).push(")");
+        }
     }
     if let Some(limit) = query.limit {
         qb.push(" LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
@@ -441,7 +448,7 @@ impl ViewStore for PostgresStore {
         let mut qb = QueryBuilder::<Postgres>::new(
             "SELECT bucket_start, dims, kafka_partition, segment_start, upto_offset, metrics FROM speed_rows WHERE",
         );
-        push_range(&mut qb, query);
+        push_range(&mut qb, query, true);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(err("speed_rows"))?;
         rows.iter()
             .map(|r| {
@@ -619,7 +626,7 @@ impl ViewStore for PostgresStore {
         let mut qb =
             QueryBuilder::<Postgres>::new("SELECT bucket_start, dims, metrics FROM batch_rows WHERE generation = ");
         qb.push_bind(generation).push(" AND");
-        push_range(&mut qb, query);
+        push_range(&mut qb, query, false);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(err("batch_rows"))?;
         rows.iter()
             .map(|r| {

@@ -334,8 +334,9 @@ pub mod cql {
         WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start < ?";
     pub const SEGMENTS_BELOW: &str = "SELECT segment_start FROM speed_segments \
         WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start < ?";
+    /// The registered segments of one (view, granularity, Kafka partition) from a cutoff on.
     pub const SEGMENTS: &str = "SELECT segment_start FROM speed_segments \
-        WHERE view_name = ? AND granularity = ? AND kafka_partition = ?";
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start >= ?";
     pub const PARTITION_REGISTER: &str = "INSERT INTO speed_partitions (shard, view_name, granularity, \
         kafka_partition) VALUES (0, ?, ?, ?) USING TIMESTAMP ?";
     pub const PARTITIONS_OF_VIEW: &str =
@@ -568,6 +569,7 @@ impl ScyllaStore {
     }
 
     async fn with_session(session: Session, keyspace: &str) -> Result<Self> {
+        check_keys(&session, keyspace).await?;
         session
             .use_keyspace(keyspace, false)
             .await
@@ -840,6 +842,104 @@ async fn schema_complete(session: &Session, keyspace: &str) -> Result<bool> {
     Ok(wanted.is_subset(&present))
 }
 
+/// A table's primary key: its name, partition key columns and clustering columns, in order.
+type TableKey = (String, Vec<String>, Vec<String>);
+
+/// The primary key a `CREATE TABLE IF NOT EXISTS name (... PRIMARY KEY ((p1, p2), c1, c2))` statement
+/// declares; `None` for other statements.
+fn primary_key_of(statement: &str) -> Option<TableKey> {
+    let table = table_of(statement)?;
+    let key = statement.split("PRIMARY KEY").nth(1)?.trim_start().strip_prefix('(')?;
+    let mut depth = 0;
+    let close = key.char_indices().find_map(|(i, c)| {
+        match c {
+            '(' => depth += 1,
+            ')' if depth == 0 => return Some(i),
+            ')' => depth -= 1,
+            _ => {}
+        }
+        None
+    })?;
+    let key = &key[..close];
+    let names = |text: &str| -> Vec<String> {
+        text.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()
+    };
+    let (partition, clustering) = match key.trim_start().strip_prefix('(') {
+        Some(rest) => {
+            let (partition, clustering) = rest.split_once(')')?;
+            (names(partition), names(clustering))
+        }
+        None => {
+            let mut all = names(key);
+            let first = all.remove(0);
+            (vec![first], all)
+        }
+    };
+    Some((table, partition, clustering))
+}
+
+/// Where the live tables' primary keys differ from [`SCHEMA`]'s: one line per table. `live` holds
+/// `system_schema.columns` rows as (table, column, kind, position); tables absent there are not compared
+/// (`store init` creates them).
+fn key_mismatches(expected: &[TableKey], live: &[(String, String, String, i32)]) -> Vec<String> {
+    let show = |p: &[String], c: &[String]| format!("(({}), {})", p.join(", "), c.join(", "));
+    let mut out = Vec::new();
+    for (table, partition, clustering) in expected {
+        let mut columns: Vec<_> = live.iter().filter(|(t, ..)| t == table).collect();
+        if columns.is_empty() {
+            continue;
+        }
+        columns.sort_by_key(|(_, _, _, position)| *position);
+        let of_kind = |kind: &str| -> Vec<String> {
+            columns.iter().filter(|(_, _, k, _)| k == kind).map(|(_, c, _, _)| c.clone()).collect()
+        };
+        let (live_partition, live_clustering) = (of_kind("partition_key"), of_kind("clustering"));
+        if &live_partition != partition || &live_clustering != clustering {
+            out.push(format!(
+                "table {table} has primary key {}, this build expects {}",
+                show(&live_partition, &live_clustering),
+                show(partition, clustering)
+            ));
+        }
+    }
+    out
+}
+
+/// Refuses a keyspace whose tables have other primary keys than [`SCHEMA`] (made by another build:
+/// `CREATE TABLE IF NOT EXISTS` leaves such a table as it is, and the statements of this build would
+/// still run on some of them with other meanings).
+///
+/// Errors: [`Error::StoreRefused`] naming every such table and what to do; [`Error::Cql`] when
+/// `system_schema.columns` cannot be read.
+async fn check_keys(session: &Session, keyspace: &str) -> Result<()> {
+    let expected: Vec<TableKey> = schema_statements().iter().filter_map(|s| primary_key_of(s)).collect();
+    let result = session
+        .query_unpaged(
+            "SELECT table_name, column_name, kind, position FROM system_schema.columns WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await
+        .map_err(cql("system_schema.columns"))?;
+    let rows = result.into_rows_result().map_err(decode_err("system_schema.columns"))?;
+    let mut live = Vec::new();
+    for row in rows.rows::<(String, String, String, i32)>().map_err(decode_err("system_schema.columns"))? {
+        live.push(row.map_err(decode_err("system_schema.columns"))?);
+    }
+    let mismatches = key_mismatches(&expected, &live);
+    if mismatches.is_empty() {
+        return Ok(());
+    }
+    Err(Error::StoreRefused {
+        table: "schema",
+        message: format!(
+            "keyspace {keyspace} was made by another build of lambda: {}. No release used another layout; \
+             drop the keyspace, run `lambda store init`, and reset the speed layer's consumer group to the \
+             earliest offsets so it rebuilds the speed view",
+            mismatches.join("; ")
+        ),
+    })
+}
+
 /// The table a `CREATE TABLE IF NOT EXISTS name (...)` statement creates.
 fn table_of(statement: &str) -> Option<String> {
     let rest = statement.strip_prefix("CREATE TABLE IF NOT EXISTS ")?;
@@ -974,11 +1074,18 @@ impl ViewStore for ScyllaStore {
         let s = &self.statements;
         let partitions: Vec<(i32,)> =
             self.read(&s.partitions_of_view, (query.view.as_str(), g), "speed_partitions", None, Ok).await?;
-        let mut segments: Vec<(i32, i64)> = Vec::new();
-        for (p,) in partitions {
+        // the registry partitions concurrently, each from the caller's cutoff on (RowQuery::speed_from)
+        let per_partition = futures::stream::iter(partitions.into_iter().map(|(p,)| async move {
+            let from = query.speed_from.get(&p).copied().unwrap_or(i64::MIN);
             let starts: Vec<(i64,)> =
-                self.read(&s.segments, (query.view.as_str(), g, p), "speed_segments", None, Ok).await?;
-            segments.extend(starts.into_iter().map(|(start,)| (p, start)));
+                self.read(&s.segments, (query.view.as_str(), g, p, from), "speed_segments", None, Ok).await?;
+            Ok::<_, Error>(starts.into_iter().map(move |(start,)| (p, start)))
+        }))
+        .buffered(MAX_IN_FLIGHT);
+        let mut per_partition = std::pin::pin!(per_partition);
+        let mut segments: Vec<(i32, i64)> = Vec::new();
+        while let Some(starts) = per_partition.next().await {
+            segments.extend(starts?);
         }
         let (from, to) = (query.from.unwrap_or(i64::MIN), query.to.unwrap_or(i64::MAX));
         let per_segment = futures::stream::iter(segments.into_iter().map(|(p, start)| async move {
@@ -1405,6 +1512,41 @@ impl SerializeRow for ControlValues<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_table_of_the_schema_has_its_primary_key_parsed() {
+        let keys: Vec<TableKey> = schema_statements().iter().filter_map(|s| primary_key_of(s)).collect();
+        let tables: Vec<String> = schema_statements().iter().filter_map(|s| table_of(s)).collect();
+        assert_eq!(keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>(), tables);
+        let segments = keys.iter().find(|k| k.0 == "speed_segments").unwrap();
+        assert_eq!(segments.1, ["view_name", "granularity", "kafka_partition"]);
+        assert_eq!(segments.2, ["segment_start"]);
+        let simple = primary_key_of("CREATE TABLE IF NOT EXISTS t (a int, b int, PRIMARY KEY (a, b))").unwrap();
+        assert_eq!(simple, ("t".to_owned(), vec!["a".to_owned()], vec!["b".to_owned()]));
+    }
+
+    #[test]
+    fn a_table_made_with_another_primary_key_is_named() {
+        let expected: Vec<TableKey> = schema_statements().iter().filter_map(|s| primary_key_of(s)).collect();
+        let row = |t: &str, c: &str, k: &str, p: i32| (t.to_owned(), c.to_owned(), k.to_owned(), p);
+        // the registry as the build before 1c492a4 made it, and a matching seals table
+        let live = vec![
+            row("speed_segments", "view_name", "partition_key", 0),
+            row("speed_segments", "granularity", "partition_key", 1),
+            row("speed_segments", "segment_start", "clustering", 1),
+            row("speed_segments", "kafka_partition", "clustering", 0),
+            row("seals", "topic", "partition_key", 0),
+            row("seals", "kafka_partition", "partition_key", 1),
+            row("seals", "start_offset", "clustering", 0),
+            row("seals", "end_offset", "regular", -1),
+        ];
+        assert_eq!(
+            key_mismatches(&expected, &live),
+            ["table speed_segments has primary key ((view_name, granularity), kafka_partition, segment_start), \
+              this build expects ((view_name, granularity, kafka_partition), segment_start)"]
+        );
+        assert!(key_mismatches(&expected, &live[4..]).is_empty());
+    }
 
     #[test]
     fn timestamps_order_open_writes_below_the_shadow_below_final_writes_below_absorption() {

@@ -253,7 +253,8 @@ async fn upsert_speed(conn: &mut SqliteConnection, topic: &str, rows: &[SpeedRow
 }
 
 /// `WHERE` conditions of a range read (the caller wrote `WHERE`).
-fn push_range(qb: &mut QueryBuilder<'_, Sqlite>, query: &RowQuery) {
+/// The `WHERE` conditions (and `LIMIT`) of a row read; `speed` adds [`RowQuery::speed_from`].
+fn push_range(qb: &mut QueryBuilder<'_, Sqlite>, query: &RowQuery, speed: bool) {
     qb.push(" view = ").push_bind(query.view.clone());
     qb.push(" AND granularity = ").push_bind(query.granularity.as_str());
     if let Some(from) = query.from {
@@ -261,6 +262,12 @@ fn push_range(qb: &mut QueryBuilder<'_, Sqlite>, query: &RowQuery) {
     }
     if let Some(to) = query.to {
         qb.push(" AND bucket_start < ").push_bind(to);
+    }
+    if speed {
+        for (&partition, &cutoff) in &query.speed_from {
+            qb.push(" AND NOT (kafka_partition = ").push_bind(partition);
+            qb.push(" AND segment_start < ").push_bind(cutoff).push(")");
+        }
     }
     if let Some(limit) = query.limit {
         qb.push(" LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
@@ -296,7 +303,7 @@ impl ViewStore for SqliteStore {
             "SELECT json_group_array(json_array(bucket_start, json(dims), kafka_partition, segment_start, upto_offset, \
              json(metrics))) FROM (SELECT * FROM speed_rows WHERE",
         );
-        push_range(&mut qb, query);
+        push_range(&mut qb, query, true);
         qb.push(")");
         type Packed = (i64, Vec<Option<String>>, i32, i64, i64, Metrics);
         let rows: Vec<Packed> = self.fetch_packed(qb, "speed_rows").await?;
@@ -459,7 +466,7 @@ impl ViewStore for SqliteStore {
              (SELECT * FROM batch_rows WHERE generation = ",
         );
         qb.push_bind(generation).push(" AND");
-        push_range(&mut qb, query);
+        push_range(&mut qb, query, false);
         qb.push(")");
         let rows: Vec<(i64, Vec<Option<String>>, Metrics)> = self.fetch_packed(qb, "batch_rows").await?;
         Ok(rows

@@ -94,6 +94,42 @@ async fn speed_rows_have_set_semantics(store: &dyn ViewStore) {
     assert_eq!(seals, vec![(0, 30), (1, 0)]);
 }
 
+/// A seal that cannot be finalized (its replay found records deleted by retention) is trimmed: the rows
+/// of its segment past its end go, every other row stays as it was.
+async fn a_trim_keeps_the_rows_up_to_the_seal_end(store: &dyn ViewStore) {
+    let cell = |bucket: i64, dim: &str, upto: i64, count: i128| SpeedRow {
+        key: key(bucket, Some(dim)),
+        ..speed(0, 0, 100, upto, count)
+    };
+    // the recorder's partial flush, a cell it finalized, and cells of a longer run past the seal end
+    let written = vec![
+        cell(0, "a", 150, 40),
+        cell(3_600, "b", 200, 7),
+        cell(7_200, "c", 201, 1),
+        cell(10_800, "d", 450, 300),
+        speed(0, 0, 0, 100, 100),
+        speed(0, 1, 100, 300, 9),
+    ];
+    store.upsert_speed_rows(T, &written).await.unwrap();
+    let seal = store.record_seal(T, Seal { partition: 0, start: 100, end: 200 }).await.unwrap().unwrap();
+    store.trim_segment(T, seal).await.unwrap();
+    let order = |r: &SpeedRow| (r.partition, r.segment_start, r.key.clone());
+    let mut expected: Vec<SpeedRow> = written
+        .iter()
+        .filter(|r| !(r.partition == 0 && r.segment_start == 100 && r.upto_offset > 200))
+        .cloned()
+        .collect();
+    expected.sort_by_key(order);
+    let mut rows = store.speed_rows(&all()).await.unwrap();
+    rows.sort_by_key(order);
+    assert_eq!(rows, expected);
+    // trimming again, or finalizing after it, keeps the rule
+    store.trim_segment(T, seal).await.unwrap();
+    let mut again = store.speed_rows(&all()).await.unwrap();
+    again.sort_by_key(order);
+    assert_eq!(again, expected);
+}
+
 /// DESIGN.md §4: a speed row never counts records past its segment's recorded seal end.
 async fn no_speed_row_outlives_its_seal(store: &dyn ViewStore) {
     // an earlier run with larger limits wrote segment [100, ...) up to offset 400, and another segment
@@ -487,6 +523,7 @@ macro_rules! backends {
 backends!(
     speed_rows_have_set_semantics,
     no_speed_row_outlives_its_seal,
+    a_trim_keeps_the_rows_up_to_the_seal_end,
     seals_are_first_writer_wins,
     no_new_seal_below_the_published_cutoff,
     generations_and_manifests,

@@ -83,6 +83,15 @@ struct PartitionState {
     last_record_at: Instant,
 }
 
+/// What [`SpeedLayer::on_gap`] decided about the record after a jump in offsets.
+#[derive(Debug, PartialEq, Eq)]
+enum Gap {
+    /// Apply the record to the (possibly new) open segment.
+    Continue,
+    /// The record belongs to a recorded seal that was skipped: drop it (the consumer was sought past it).
+    InSkippedSeal,
+}
+
 enum Sealed {
     /// Sealed and committed; the next segment is open.
     Done,
@@ -136,7 +145,9 @@ impl SpeedLayer {
         }
         if offset > state.segment.position {
             // offsets without records (transaction markers, compaction), or deleted by retention
-            self.report_lost(state.segment.partition, state.segment.position, offset).await;
+            if self.on_gap(state, offset).await? == Gap::InSkippedSeal {
+                return Ok(());
+            }
         }
         while state.segment.must_seal_before(offset, timestamp_ms, self.limits) {
             let end = state.segment.seal_end_before(offset);
@@ -171,7 +182,7 @@ impl SpeedLayer {
     /// new group, a renamed or expired one, or a member that crashed before its first commit) it resumes at
     /// the start of the last seal of the recorded chain from the cutoff ([`Self::chain_resume`]), so a
     /// segment never starts off the chain and a sealed segment is never left unfinalized (unless retention
-    /// deleted its start: then at its end); with no seal at all, at the first record.
+    /// deleted records of it: [`Self::on_gap`]); with no seal at all, at the first record.
     async fn open_partition(&self, partition: i32, epoch: u64, first_offset: i64) -> Result<PartitionState> {
         let committed = self.committed_offset(partition).await?;
         let cutoff = self.published_cutoff(partition).await?;
@@ -204,10 +215,12 @@ impl SpeedLayer {
     }
 
     /// Where a member without a committed offset resumes on the recorded seal chain of `partition` from
-    /// `cutoff` (from its first seal without a cutoff), per [`chain_tail`] and [`resume_point`]: the start
-    /// of the chain's last seal, so that sealed segment is replayed and finalized again (idempotent), unless
-    /// retention has deleted that start (one low-watermark request, only when there is a seal). `None`
-    /// without a cutoff or a seal.
+    /// `cutoff` (from its first seal without a cutoff), per [`chain_tail`]: the *start* of the chain's last
+    /// seal, so that sealed segment is replayed and finalized again (idempotent); its recorder may have
+    /// crashed between recording the seal and finalizing it, and the commit that would tell follows the
+    /// finalize (every earlier seal was finalized before the next one was recorded). If retention deleted
+    /// records of it, the replay skips it ([`Self::on_gap`]). `cutoff` itself when no seal starts there;
+    /// `None` without either.
     async fn chain_resume(&self, partition: i32, cutoff: Option<i64>) -> Result<Option<i64>> {
         let from = std::collections::BTreeMap::from([(partition, cutoff.unwrap_or(i64::MIN))]);
         let seals: Vec<Seal> = self
@@ -217,54 +230,87 @@ impl SpeedLayer {
             .into_iter()
             .filter(|s| s.partition == partition)
             .collect();
-        let Some((last, end)) = chain_tail(&seals, cutoff) else { return Ok(None) };
-        let Some(last) = last else { return Ok(Some(end)) };
-        let timeout = Duration::from_secs(5);
-        let log_start = match common::kafka::low_watermark(&self.consumer, self.topic(), partition, timeout).await {
-            Ok(low) => low,
-            Err(e) => {
-                warn!(partition, error = %e, "cannot read the log start; replaying the last seal from its start");
-                i64::MIN
-            }
-        };
-        let start = resume_point(last, log_start);
-        if start != last.start {
-            warn!(
-                partition,
-                seal_start = last.start,
-                seal_end = last.end,
-                log_start,
-                "retention deleted the start of the last recorded seal: resuming at its end; if its recorder \
-                 crashed before finalizing it, its rows hold what that member flushed until the batch covers it"
-            );
-        }
-        Ok(Some(start))
+        Ok(chain_tail(&seals, cutoff).map(|(last, end)| last.map_or(end, |s| s.start)))
     }
 
-    /// The record after `expected` came at `got`: the low watermark tells whether the offsets in between
-    /// held no records (transaction markers, aborted or compacted records) or were deleted by retention
-    /// before the speed layer read them (librdkafka resets an out-of-range position to the log start and
-    /// only logs it): those are reported. One watermark request, paid only at such jumps.
-    async fn report_lost(&self, partition: i32, expected: i64, got: i64) {
-        match common::kafka::low_watermark(&self.consumer, self.topic(), partition, Duration::from_secs(5)).await {
-            Ok(low) if low > expected => {
-                let lost = low.min(got) - expected;
-                error!(
-                    partition,
-                    from = expected,
-                    to = low.min(got),
-                    "records were deleted by retention before the speed layer read them; they are missing from the speed view"
-                );
-                metrics::counter!(m::RECORDS_LOST, "consumer" => "speed").increment(lost.max(0) as u64);
+    /// The record at `got` came after the segment's position: the low watermark (log start) tells whether
+    /// the offsets in between held no records (transaction markers, aborted or compacted records) or were
+    /// deleted by retention before the speed layer read them (librdkafka resets an out-of-range position to
+    /// the log start and only logs it). One watermark request, paid only at such jumps, retried until it
+    /// answers: the decision below must not guess.
+    ///
+    /// A replay of a recorded seal that finds records of it deleted cannot finalize it (its counts would be
+    /// partial, at the recorder's `upto_offset`): the seal is skipped ([`Self::skip_seal`]), and so is every
+    /// following recorded seal the gap reaches. Deleted offsets no seal covers are reported lost (the
+    /// `records_lost_to_retention_total` metric and an error line).
+    async fn on_gap(&self, state: &mut PartitionState, got: i64) -> Result<Gap> {
+        let partition = state.segment.partition;
+        let low = self.log_start(partition).await?;
+        while low > state.segment.position && got > state.segment.position {
+            let Some(end) = state.segment.sealed_end else { break };
+            self.skip_seal(state, end, low).await?;
+        }
+        let expected = state.segment.position;
+        if got < expected {
+            if self.consumer.context().epoch(partition) == Some(state.epoch) {
+                self.seek(partition, expected).await?;
             }
-            Ok(_) => debug!(
+            return Ok(Gap::InSkippedSeal);
+        }
+        if got > expected && low > expected {
+            let to = low.min(got);
+            error!(
                 partition,
                 from = expected,
-                to = got,
-                "offsets without records (transaction markers or compaction)"
-            ),
-            Err(e) => {
-                warn!(partition, error = %e, "cannot read the low watermark to check for records lost to retention")
+                to,
+                "records were deleted by retention before the speed layer read them; they are missing from the speed view"
+            );
+            metrics::counter!(m::RECORDS_LOST, "consumer" => "speed").increment((to - expected).max(0) as u64);
+        } else if got > expected {
+            debug!(partition, from = expected, to = got, "offsets without records (transaction markers or compaction)");
+        }
+        Ok(Gap::Continue)
+    }
+
+    /// Skips the recorded seal `[segment.start, end)`, some of whose records retention deleted (the log
+    /// starts at `log_start`): its rows past `end` are deleted ([`ViewStore::trim_segment`]; written by a
+    /// run with larger limits before the seal existed) and the rest stay as its recorder left them, final
+    /// or, if it crashed before finalizing, its last flush (the batch view takes the range over once a
+    /// cutoff passes it). The next segment opens at `end`. Nothing is committed here.
+    async fn skip_seal(&self, state: &mut PartitionState, end: i64, log_start: i64) -> Result<()> {
+        let (topic, partition, start) = (self.topic(), state.segment.partition, state.segment.start);
+        warn!(
+            partition,
+            seal_start = start,
+            seal_end = end,
+            log_start,
+            "retention deleted records of a recorded seal before its replay: skipping it, not finalizing it; its rows \
+             stay as its recorder left them (complete if it finalized them, else its last flush) until the batch covers it"
+        );
+        metrics::counter!(m::SEALS_SKIPPED).increment(1);
+        let seal = Seal { partition, start, end };
+        self.retry(|| self.store.trim_segment(topic, seal)).await?;
+        let next_end = self.retry(|| self.store.seal_at(topic, partition, end)).await?.map(|s| s.end);
+        state.segment = Segment::open(partition, end, next_end);
+        Ok(())
+    }
+
+    /// The log start offset (low watermark) of `partition`, retried with backoff until it answers or
+    /// shutdown ([`Error::Cancelled`]).
+    async fn log_start(&self, partition: i32) -> Result<i64> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let timeout = Duration::from_secs(5);
+            match common::kafka::low_watermark(&self.consumer, self.topic(), partition, timeout).await {
+                Ok(low) => return Ok(low),
+                Err(e) => {
+                    warn!(partition, error = %e, ?backoff, "cannot read the log start; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(Error::Cancelled),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
@@ -454,21 +500,6 @@ fn chain_tail(seals: &[Seal], cutoff: Option<i64>) -> Option<(Option<Seal>, i64)
     Some((last, at))
 }
 
-/// Where a member without a committed offset resumes given the chain's `last` seal and the partition's
-/// `log_start` (low watermark): at the seal's start, to replay and finalize it, since its recorder may
-/// have crashed between recording and finalizing it and the commit that would tell follows the finalize
-/// (every earlier seal was finalized before the next was recorded). When retention has deleted that start
-/// (`log_start > last.start`), at its end instead: a replay of the retained tail would finalize the segment
-/// with partial counts at the same `upto_offset` as its recorder's, and report records the recorder had
-/// read as lost.
-fn resume_point(last: Seal, log_start: i64) -> i64 {
-    if log_start > last.start {
-        last.end
-    } else {
-        last.start
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,16 +516,5 @@ mod tests {
         assert_eq!(chain_tail(&seals[3..], Some(350)), Some((None, 350)), "no seal starts at the cutoff");
         assert_eq!(chain_tail(&[], Some(42)), Some((None, 42)));
         assert_eq!(chain_tail(&[], None), None);
-    }
-
-    #[test]
-    fn the_last_seal_is_replayed_unless_retention_deleted_its_start() {
-        let last = seal(200, 350);
-        assert_eq!(resume_point(last, 0), 200);
-        assert_eq!(resume_point(last, 200), 200, "its first record is still there");
-        assert_eq!(resume_point(last, i64::MIN), 200, "log start unknown");
-        assert_eq!(resume_point(last, 201), 350);
-        assert_eq!(resume_point(last, 350), 350);
-        assert_eq!(resume_point(last, 1_000), 350, "the records past its end are reported lost from there");
     }
 }

@@ -12,6 +12,7 @@ pub const FLUSH_SECONDS: &str = "speed_flush_seconds";
 pub const STORE_RETRIES: &str = "speed_store_retries_total";
 pub const RECORDS_WITHOUT_KEY: &str = "records_without_dedup_key_total";
 pub const RECORDS_LOST: &str = "records_lost_to_retention_total";
+pub const SEALS_SKIPPED: &str = "speed_seals_skipped_total";
 
 /// Registers the descriptions (idempotent).
 pub fn describe() {
@@ -28,4 +29,8 @@ pub fn describe() {
         "Records whose named dedup key was missing, null or empty, each counted as its own event, by consumer"
     );
     describe_counter!(RECORDS_LOST, "Offsets deleted by retention before the consumer read them, by consumer");
+    describe_counter!(
+        SEALS_SKIPPED,
+        "Recorded seals whose replay found records deleted by retention: kept as their recorder left them, not finalized"
+    );
 }

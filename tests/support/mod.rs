@@ -333,6 +333,38 @@ impl Harness {
             .sum()
     }
 
+    /// Commits `offset` for `partition` in the speed layer's consumer group as a member of it (the mock
+    /// cluster refuses commits from outside a group), then leaves the group. The speed layer must not be
+    /// running; up to 30 s for the group to evict the killed member and assign the partition.
+    pub async fn commit_speed_offset(&self, partition: i32, offset: i64) {
+        assert!(self.speed.is_none());
+        let kafka = self.config.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::CommitMode;
+            use rdkafka::{Offset, TopicPartitionList};
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &kafka.brokers)
+                .set("group.id", &kafka.speed_group)
+                .set("enable.auto.commit", "false")
+                .set("session.timeout.ms", "3000")
+                .set("heartbeat.interval.ms", "300")
+                .create()
+                .unwrap();
+            c.subscribe(&[&kafka.topic]).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.assignment().unwrap().count() == 0 {
+                assert!(Instant::now() < deadline, "the speed group never assigned the partition");
+                let _ = c.poll(Duration::from_millis(100)); // joins the group; the records are not used
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&kafka.topic, partition, Offset::Offset(offset)).unwrap();
+            c.commit(&tpl, CommitMode::Sync).unwrap();
+            c.unsubscribe();
+        })
+        .await
+        .unwrap()
+    }
+
     /// The log start offset (low watermark) of `partition` of the harness's topic, read by a plain client.
     pub async fn low_watermark(&self, partition: i32) -> i64 {
         let (brokers, topic) = (self.config.kafka.brokers.clone(), self.config.kafka.topic.clone());

@@ -163,6 +163,13 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug {
     /// `upto_offset` is past `seal.end` (written before the seal was recorded, by an earlier run with larger
     /// limits or a zombie), then upserts `rows` (every cell of the segment, `upto_offset = seal.end`).
     async fn finalize_segment(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<()>;
+    /// Bounds a sealed segment that cannot be finalized (retention deleted part of it before a replay)
+    /// to its seal: deletes the segment's rows whose `upto_offset` is past `seal.end`, as
+    /// [`ViewStore::finalize_segment`] does, and keeps every other row (its recorder's, final or partial).
+    /// The SQL stores: `finalize_segment` with no rows.
+    async fn trim_segment(&self, topic: &str, seal: Seal) -> Result<()> {
+        self.finalize_segment(topic, seal, &[]).await
+    }
     /// Speed rows matching `query`, every segment.
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>>;
 

@@ -276,6 +276,8 @@ struct Statements {
     speed_insert: PreparedStatement,
     speed_delete: PreparedStatement,
     speed_select: PreparedStatement,
+    speed_upto: PreparedStatement,
+    speed_cell_delete: PreparedStatement,
     speed_count: PreparedStatement,
     segment_register: PreparedStatement,
     segments_delete_below: PreparedStatement,
@@ -325,6 +327,13 @@ pub mod cql {
     pub const SPEED_SELECT: &str = "SELECT bucket_start, dims, upto_offset, metrics FROM speed_rows \
         WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ? \
         AND bucket_start >= ? AND bucket_start < ?";
+    /// The cells of one segment and the offset each counts up to (a trim's read).
+    pub const SPEED_UPTO: &str = "SELECT bucket_start, dims, upto_offset FROM speed_rows \
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
+    /// One cell's delete, at the timestamp of the open write it removes (a tombstone wins a tie).
+    pub const SPEED_CELL_DELETE: &str = "DELETE FROM speed_rows USING TIMESTAMP ? \
+        WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ? \
+        AND bucket_start = ? AND dims_hash = ?";
     pub const SPEED_COUNT: &str = "SELECT COUNT(*) FROM speed_rows \
         WHERE view_name = ? AND granularity = ? AND kafka_partition = ? AND segment_start = ?";
     pub const SEGMENT_REGISTER: &str = "INSERT INTO speed_segments (view_name, granularity, kafka_partition, \
@@ -418,6 +427,8 @@ impl Statements {
             speed_insert: prepare(cql::SPEED_INSERT).await?,
             speed_delete: prepare(cql::SPEED_DELETE).await?,
             speed_select: prepare(cql::SPEED_SELECT).await?,
+            speed_upto: prepare(cql::SPEED_UPTO).await?,
+            speed_cell_delete: prepare(cql::SPEED_CELL_DELETE).await?,
             speed_count: prepare(cql::SPEED_COUNT).await?,
             segment_register: prepare(cql::SEGMENT_REGISTER).await?,
             segments_delete_below: prepare(cql::SEGMENTS_DELETE_BELOW).await?,
@@ -1066,6 +1077,27 @@ impl ViewStore for ScyllaStore {
         .await
     }
 
+    /// Reads the segment's cells of every view registered on its Kafka partition and deletes those past
+    /// the seal end, each at its open write's timestamp (`upto_offset`; a tombstone wins a timestamp tie,
+    /// and a later write past the seal is dropped by the write path, which sees the seal). No shadow: the
+    /// cells up to the seal end are the recorder's and stay.
+    async fn trim_segment(&self, _topic: &str, seal: Seal) -> Result<()> {
+        let views = self.speed_partitions().await?.into_iter().filter(|(_, _, p)| *p == seal.partition);
+        let s = &self.statements;
+        Self::all(views.map(|(view, g, _)| async move {
+            let key = (view.as_str(), g.as_str(), seal.partition, seal.start);
+            let past: Vec<(i64, String, i64)> =
+                self.read(&s.speed_upto, key, "speed_rows", None, |row: (i64, String, i64)| Ok(row)).await?;
+            for (bucket_start, dims, upto) in past.into_iter().filter(|(_, _, upto)| *upto > seal.end) {
+                let cell = (key.0, key.1, key.2, key.3, bucket_start, dims_hash(&dims));
+                let values = (open_timestamp(upto)?, cell.0, cell.1, cell.2, cell.3, cell.4, cell.5);
+                self.run(&s.speed_cell_delete, values, "speed_rows").await?;
+            }
+            Ok(())
+        }))
+        .await
+    }
+
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>> {
         if query.limit == Some(0) {
             return Ok(Vec::new());
@@ -1636,6 +1668,8 @@ mod tests {
             ("SPEED_INSERT", cql::SPEED_INSERT),
             ("SPEED_DELETE", cql::SPEED_DELETE),
             ("SPEED_SELECT", cql::SPEED_SELECT),
+            ("SPEED_UPTO", cql::SPEED_UPTO),
+            ("SPEED_CELL_DELETE", cql::SPEED_CELL_DELETE),
             ("SPEED_COUNT", cql::SPEED_COUNT),
             ("SEGMENT_REGISTER", cql::SEGMENT_REGISTER),
             ("SEGMENTS_DELETE_BELOW", cql::SEGMENTS_DELETE_BELOW),

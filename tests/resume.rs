@@ -69,6 +69,19 @@ async fn a_seal_recorded_before_a_crash_is_finalized_by_the_next_member() {
     h.shutdown().await;
 }
 
+/// Rows of segment 0 of partition 0, every view and granularity, whose `upto_offset` is past `end`.
+async fn rows_past(h: &Harness, end: i64) -> usize {
+    let mut n = 0;
+    for (view, _) in truth::VIEWS {
+        for (g, _) in truth::GRANULARITIES {
+            let q = common::store::RowQuery::all(view, g.parse().unwrap());
+            let rows = h.store.speed_rows(&q).await.unwrap();
+            n += rows.iter().filter(|r| r.partition == 0 && r.segment_start == 0 && r.upto_offset > end).count();
+        }
+    }
+    n
+}
+
 /// How the next member finds the recorded seal of the retention scenarios.
 #[derive(Clone, Copy)]
 enum Found {
@@ -104,6 +117,7 @@ async fn retention_deleted_the_start_of_a_seal(found: Found, short: i64) {
     assert_eq!(h.store.record_seal("events", seal).await.unwrap(), Some(seal));
     let recorded = segment(h.all_speed_rows().await, 0);
     assert_eq!(recorded.iter().map(|(_, upto, _)| *upto).max(), Some(3 * n), "flushed to the log end");
+    let past_before = rows_past(&h, end).await;
     if let Found::CommittedAtStart = found {
         h.commit_speed_offset(0, 0).await;
     }
@@ -124,6 +138,9 @@ async fn retention_deleted_the_start_of_a_seal(found: Found, short: i64) {
     }
     assert_eq!(h.counter("records_lost_to_retention_total").await, 0.0, "nothing was lost to retention");
     assert!(h.counter("speed_seals_skipped_total").await >= 1.0);
+    // rows past the seal end also held records of the seal: reported (the other scenarios trim none)
+    assert_eq!(rows_past(&h, end).await, 0);
+    assert_eq!(h.counter("speed_rows_trimmed_total").await, past_before as f64, "every deleted row is reported");
     let tail = segment(h.all_speed_rows().await, end);
     assert_eq!(
         tail.iter().map(|(_, upto, _)| *upto).max(),

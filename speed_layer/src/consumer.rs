@@ -243,18 +243,24 @@ impl SpeedLayer {
     /// partial, at the recorder's `upto_offset`): the seal is skipped ([`Self::skip_seal`]), and so is every
     /// following recorded seal the gap reaches. Deleted offsets no seal covers are reported lost (the
     /// `records_lost_to_retention_total` metric and an error line).
+    ///
+    /// `low > position` is taken as retention even when `got` was fetched before the log start passed it
+    /// (a marker gap on a transactional topic at that moment): skipping a seal whose records were all
+    /// fetched leaves its recorder's rows, where finalizing a partial replay would replace them.
     async fn on_gap(&self, state: &mut PartitionState, got: i64) -> Result<Gap> {
         let partition = state.segment.partition;
         let low = self.log_start(partition).await?;
+        if self.consumer.context().epoch(partition) != Some(state.epoch) {
+            return Ok(Gap::InSkippedSeal); // revoked meanwhile: the next owner decides, this member writes nothing
+        }
         while low > state.segment.position && got > state.segment.position {
-            let Some(end) = state.segment.sealed_end else { break };
+            let position = state.segment.position;
+            let Some(end) = state.segment.sealed_end.filter(|&end| end > position) else { break };
             self.skip_seal(state, end, low).await?;
         }
         let expected = state.segment.position;
         if got < expected {
-            if self.consumer.context().epoch(partition) == Some(state.epoch) {
-                self.seek(partition, expected).await?;
-            }
+            self.seek_if_ours(state, expected).await?;
             return Ok(Gap::InSkippedSeal);
         }
         if got > expected && low > expected {
@@ -276,7 +282,9 @@ impl SpeedLayer {
     /// starts at `log_start`): its rows past `end` are deleted ([`ViewStore::trim_segment`]; written by a
     /// run with larger limits before the seal existed) and the rest stay as its recorder left them, final
     /// or, if it crashed before finalizing, its last flush (the batch view takes the range over once a
-    /// cutoff passes it). The next segment opens at `end`. Nothing is committed here.
+    /// cutoff passes it). A deleted row also held records of the seal itself (its recorder's flush was
+    /// replaced by the longer run's): those are reported lost. The segment's dead letters are left to the
+    /// archiver's. The next segment opens at `end`. Nothing is committed here.
     async fn skip_seal(&self, state: &mut PartitionState, end: i64, log_start: i64) -> Result<()> {
         let (topic, partition, start) = (self.topic(), state.segment.partition, state.segment.start);
         warn!(
@@ -289,7 +297,18 @@ impl SpeedLayer {
         );
         metrics::counter!(m::SEALS_SKIPPED).increment(1);
         let seal = Seal { partition, start, end };
-        self.retry(|| self.store.trim_segment(topic, seal)).await?;
+        let trimmed = self.retry(|| self.store.trim_segment(topic, seal)).await?;
+        if trimmed > 0 {
+            error!(
+                partition,
+                seal_start = start,
+                seal_end = end,
+                rows = trimmed,
+                "rows of the skipped seal counted records past its end and were deleted; their records within the seal \
+                 are missing from the speed view until the batch covers them"
+            );
+            metrics::counter!(m::ROWS_TRIMMED).increment(trimmed);
+        }
         let next_end = self.retry(|| self.store.seal_at(topic, partition, end)).await?.map(|s| s.end);
         state.segment = Segment::open(partition, end, next_end);
         Ok(())
@@ -312,6 +331,25 @@ impl SpeedLayer {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    /// Seeks the partition of `state` to `offset` while this member still owns it under the state's epoch;
+    /// a seek that fails because the partition was revoked meanwhile is no error (the next owner resumes
+    /// on its own).
+    async fn seek_if_ours(&self, state: &PartitionState, offset: i64) -> Result<()> {
+        let partition = state.segment.partition;
+        let ours = || self.consumer.context().epoch(partition) == Some(state.epoch);
+        if !ours() {
+            return Ok(());
+        }
+        match self.seek(partition, offset).await {
+            Err(e) if ours() => Err(e),
+            Err(e) => {
+                debug!(partition, offset, error = %e, "seek after the partition was revoked");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -350,9 +388,7 @@ impl SpeedLayer {
             warn!(partition, start, cutoff, "the segment starts below the published cutoff; resuming at the cutoff");
             let sealed_end = self.retry(|| self.store.seal_at(topic, partition, cutoff)).await?.map(|s| s.end);
             state.segment = Segment::open(partition, cutoff, sealed_end);
-            if self.consumer.context().epoch(partition) == Some(state.epoch) {
-                self.seek(partition, cutoff).await?;
-            }
+            self.seek_if_ours(state, cutoff).await?;
             return Ok(Sealed::Rewound);
         };
         if recorded.end == end {

@@ -13,6 +13,7 @@ pub const STORE_RETRIES: &str = "speed_store_retries_total";
 pub const RECORDS_WITHOUT_KEY: &str = "records_without_dedup_key_total";
 pub const RECORDS_LOST: &str = "records_lost_to_retention_total";
 pub const SEALS_SKIPPED: &str = "speed_seals_skipped_total";
+pub const ROWS_TRIMMED: &str = "speed_rows_trimmed_total";
 
 /// Registers the descriptions (idempotent).
 pub fn describe() {
@@ -32,5 +33,9 @@ pub fn describe() {
     describe_counter!(
         SEALS_SKIPPED,
         "Recorded seals whose replay found records deleted by retention: kept as their recorder left them, not finalized"
+    );
+    describe_counter!(
+        ROWS_TRIMMED,
+        "Rows of skipped seals that counted records past the seal end, deleted with the seal's own records they held"
     );
 }

@@ -166,10 +166,9 @@ pub trait ViewStore: Send + Sync + std::fmt::Debug {
     /// Bounds a sealed segment that cannot be finalized (retention deleted part of it before a replay)
     /// to its seal: deletes the segment's rows whose `upto_offset` is past `seal.end`, as
     /// [`ViewStore::finalize_segment`] does, and keeps every other row (its recorder's, final or partial).
-    /// The SQL stores: `finalize_segment` with no rows.
-    async fn trim_segment(&self, topic: &str, seal: Seal) -> Result<()> {
-        self.finalize_segment(topic, seal, &[]).await
-    }
+    /// Returns the number of rows deleted: each also held records of the seal itself, now missing from
+    /// the speed view until the batch covers them.
+    async fn trim_segment(&self, topic: &str, seal: Seal) -> Result<u64>;
     /// Speed rows matching `query`, every segment.
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>>;
 

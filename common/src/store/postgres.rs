@@ -444,6 +444,24 @@ impl ViewStore for PostgresStore {
         tx.commit().await.map_err(err("speed_rows"))
     }
 
+    async fn trim_segment(&self, topic: &str, seal: Seal) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
+        // as finalize_segment: after every writer of this segment, and before any later one
+        advisory_lock(&mut tx, Lock::Exclusive, &segment_lock_key(topic, seal.partition, seal.start), "seals").await?;
+        let deleted = sqlx::query(
+            "DELETE FROM speed_rows WHERE kafka_partition = $1 AND segment_start = $2 AND upto_offset > $3",
+        )
+        .bind(seal.partition)
+        .bind(seal.start)
+        .bind(seal.end)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("speed_rows"))?
+        .rows_affected();
+        tx.commit().await.map_err(err("speed_rows"))?;
+        Ok(deleted)
+    }
+
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>> {
         let mut qb = QueryBuilder::<Postgres>::new(
             "SELECT bucket_start, dims, kafka_partition, segment_start, upto_offset, metrics FROM speed_rows WHERE",

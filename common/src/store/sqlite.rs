@@ -298,6 +298,21 @@ impl ViewStore for SqliteStore {
         tx.commit().await.map_err(err("speed_rows"))
     }
 
+    async fn trim_segment(&self, _topic: &str, seal: Seal) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err("speed_rows"))?;
+        let deleted =
+            sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start = ? AND upto_offset > ?")
+                .bind(seal.partition)
+                .bind(seal.start)
+                .bind(seal.end)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("speed_rows"))?
+                .rows_affected();
+        tx.commit().await.map_err(err("speed_rows"))?;
+        Ok(deleted)
+    }
+
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>> {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "SELECT json_group_array(json_array(bucket_start, json(dims), kafka_partition, segment_start, upto_offset, \

@@ -3,6 +3,7 @@
 //! can abort at any await point (no flush, no seal, no commit on the way down) and start again.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod process;
 pub mod truth;
 
@@ -47,7 +48,8 @@ cache_ttl = "0s"
 "#;
 
 pub struct Harness {
-    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    /// The in-process mock cluster, or `None` on a broker of the test's own ([`Harness::start_on_brokers`]).
+    pub cluster: Option<MockCluster<'static, DefaultProducerContext>>,
     pub config: Config,
     pub store: Arc<dyn ViewStore>,
     pub dir: tempfile::TempDir,
@@ -86,15 +88,29 @@ impl Harness {
 
     /// [`Harness::start_with`] on the store at `store_url` (default: SQLite in the temp dir).
     pub async fn start_on(partitions: i32, overrides: &str, store_url: Option<String>) -> Harness {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("events", partitions, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let mut h = Self::start_on_brokers(&brokers, partitions, overrides, store_url).await;
+        h.cluster = Some(cluster);
+        h
+    }
+
+    /// [`Harness::start_on`] against the broker at `brokers`, whose `events` topic has `partitions`
+    /// partitions already.
+    pub async fn start_on_brokers(
+        brokers: &str,
+        partitions: i32,
+        overrides: &str,
+        store_url: Option<String>,
+    ) -> Harness {
         let filter = std::env::var("TEST_LOG")
             .unwrap_or_else(|_| "warn,librdkafka=error,speed_layer=info,batch_layer=info".into());
         common::telemetry::init_tracing(&filter);
         let _ = common::telemetry::prometheus();
         let dir = tempfile::tempdir().unwrap();
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("events", partitions, 1).unwrap();
         let mut config = Config::from_toml_str(&merge_toml(TEST_CONFIG, overrides)).unwrap();
-        config.kafka.brokers = cluster.bootstrap_servers();
+        config.kafka.brokers = brokers.to_owned();
         config.store.url = store_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("views.db").display()));
         config.archive.root = dir.path().join("archive");
         let store = common::store::open(&config.store.url).await.unwrap();
@@ -103,7 +119,7 @@ impl Harness {
         let stop_all = CancellationToken::new();
         tokio::spawn(serving_layer::serve(listener, config.clone(), store.clone(), stop_all.clone()));
         Harness {
-            cluster,
+            cluster: None,
             config,
             store,
             dir,
@@ -416,6 +432,15 @@ impl Harness {
 /// Every view x granularity over November 2019 as the API at `base_url` answers it, plus the `source` of
 /// each row and the manifest generation the answers used.
 pub async fn answers(http: &reqwest::Client, base_url: &str) -> (Expected, BTreeMap<String, usize>, Option<i64>) {
+    try_answers(http, base_url).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`answers`], or `Err` when the API cannot be reached (a server killed or restarting). Any answer it
+/// does give must be a 200 with well-formed, sorted rows (panics otherwise).
+pub async fn try_answers(
+    http: &reqwest::Client,
+    base_url: &str,
+) -> Result<(Expected, BTreeMap<String, usize>, Option<i64>), String> {
     let mut out = Expected::new();
     let mut sources = BTreeMap::new();
     let mut generation = None;
@@ -423,9 +448,10 @@ pub async fn answers(http: &reqwest::Client, base_url: &str) -> (Expected, BTree
         for (g, _) in GRANULARITIES {
             let url =
                 format!("{base_url}/v1/views/{view}?granularity={g}&from=2019-11-01T00:00:00Z&to=2019-12-01T00:00:00Z");
-            let r = http.get(url).send().await.unwrap();
-            let (status, body) = (r.status().as_u16(), r.text().await.unwrap());
-            assert_eq!(status, 200, "{body}");
+            let r = http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+            let status = r.status().as_u16();
+            let body = r.text().await.map_err(|e| format!("GET {url}: {e}"))?;
+            assert_eq!(status, 200, "{url}: {body}");
             let answer: Answer = serde_json::from_str(&body).unwrap();
             assert_eq!(answer.view, *view);
             assert_eq!(answer.granularity, *g);
@@ -447,7 +473,7 @@ pub async fn answers(http: &reqwest::Client, base_url: &str) -> (Expected, BTree
             }
         }
     }
-    (out, sources, generation)
+    Ok((out, sources, generation))
 }
 
 #[derive(Debug, Deserialize)]

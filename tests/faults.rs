@@ -3,17 +3,21 @@
 //! `lambda serve` run as processes on one store (PostgreSQL when `LAMBDA_TEST_POSTGRES` names a server,
 //! else a shared SQLite file). While the sample is produced (idempotent producer), faults chosen by a
 //! logged seed hit them: SIGKILL of every process kind and restart, a broker SIGKILL and restart, a speed
-//! member frozen with SIGSTOP past its session timeout (a zombie whose partitions move) and woken. A poller
+//! member frozen with SIGSTOP past its session timeout (a zombie whose partitions move) and woken, a third
+//! speed member joining and leaving (rebalances), and a stop of the store's PostgreSQL server for a few
+//! seconds (a cluster of the test's own). No process may exit by itself. The first half is produced
+//! without batch runs, and the speed view alone must then equal the truth of that half. A poller
 //! reads every view from the `serve` process throughout and checks that no cell ever exceeds the ground
 //! truth of the records queued so far (the sample has no duplicate events, so any excess is a double
 //! count). At the end the answers equal the ground truth exactly, from a manifest whose cutoffs are the
 //! log ends.
 //!
-//! Seeds: `LAMBDA_FAULT_SEEDS` (comma-separated; default `1,2,3`). Without a tansu binary the test prints
+//! Seeds: `LAMBDA_FAULT_SEEDS` (comma-separated; default `1,2,4`). Without a tansu binary the test prints
 //! SKIPPED and passes, unless `LAMBDA_REQUIRE_TANSU=1` (see `support::broker`).
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,17 +48,113 @@ enum Fault {
     BrokerRestart,
     /// SIGSTOP of a speed member past the session timeout, then SIGCONT.
     Zombie(usize),
+    /// A third speed member joins the group, stays a few seconds, and leaves (SIGTERM: graceful).
+    Rebalance,
+    /// The store's PostgreSQL server stops (fast shutdown) for a few seconds, then starts again.
+    StoreOutage,
+}
+
+/// A PostgreSQL cluster of this test's own, so that an outage hits no other test
+/// (`deploy/postgres/scratch-cluster`, loopback only, under `/tmp` where the `postgres` user can reach it).
+struct OwnPostgres {
+    script: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    /// `None` without Debian's PostgreSQL server binaries.
+    fn start(seed: u64) -> Option<OwnPostgres> {
+        let installed =
+            std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().any(|v| v.path().join("bin/initdb").is_file());
+        if !installed {
+            return None;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/postgres/scratch-cluster");
+        let dir = PathBuf::from(format!("/tmp/lambda-faults-pg-{}-{seed}", std::process::id()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = OwnPostgres { script, dir, port };
+        pg.run("start");
+        Some(pg)
+    }
+
+    fn admin_url(&self) -> String {
+        format!("postgres://lambda@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, command: &str) {
+        let out = std::process::Command::new(&self.script)
+            .args([command, self.dir.to_str().unwrap(), &self.port.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "scratch-cluster {command}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.run("stop");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Injects `fault` and undoes it (restart, SIGCONT, leave) before returning, after a seeded wait.
+async fn inject(
+    fault: Fault,
+    procs: &mut [Process],
+    broker: &mut Broker,
+    pg: Option<&OwnPostgres>,
+    config_path: &std::path::Path,
+    dir: &std::path::Path,
+    rng: &mut rand::rngs::StdRng,
+) {
+    tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+    let pause = Duration::from_millis(rng.random_range(0..1_500));
+    match fault {
+        Fault::Kill(i) => {
+            procs[i].kill9();
+            tokio::time::sleep(pause).await;
+            procs[i].start();
+        }
+        Fault::BrokerRestart => {
+            broker.kill9();
+            tokio::time::sleep(pause).await;
+            broker.start();
+        }
+        Fault::Zombie(i) => {
+            procs[i].signal(Signal::SIGSTOP);
+            // past the 3 s session timeout: the group moves its partitions to the other member
+            tokio::time::sleep(Duration::from_millis(4_500) + pause).await;
+            procs[i].signal(Signal::SIGCONT);
+        }
+        Fault::StoreOutage => {
+            let pg = pg.expect("an outage only on the test's own PostgreSQL");
+            pg.run("stop");
+            tokio::time::sleep(Duration::from_millis(2_000) + 2 * pause).await;
+            pg.run("start");
+            // the layers' store writes retry with backoff (up to 5 s apart): let them reach the server again
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        Fault::Rebalance => {
+            let mut third = Process::new("speed-c", &["speed"], config_path, dir);
+            third.start();
+            tokio::time::sleep(Duration::from_millis(4_000) + pause).await;
+            let status = third.terminate(Duration::from_secs(30));
+            assert!(status.success(), "the third speed member exited with {status}: {}", third.log_text());
+        }
+    }
 }
 
 /// The roster: index -> (name, subcommand).
 const SPEED_A: usize = 0;
 const SPEED_B: usize = 1;
+const BATCH: usize = 3;
 const ROSTER: [&str; 5] = ["speed-a", "speed-b", "archive", "batch", "serve"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_on_a_real_broker_lose_nothing_and_count_nothing_twice() {
     let seeds: Vec<u64> = std::env::var("LAMBDA_FAULT_SEEDS")
-        .unwrap_or_else(|_| "1,2,3".into())
+        .unwrap_or_else(|_| "1,2,4".into())
         .split(',')
         .map(|s| s.trim().parse().expect("LAMBDA_FAULT_SEEDS: comma-separated integers"))
         .collect();
@@ -78,7 +178,15 @@ async fn run_seed(seed: u64) -> bool {
         "{}[batch]\nlease_ttl = \"3s\"\n[kafka.producer]\n\"enable.idempotence\" = \"true\"\n",
         support::CRASH_CONFIG
     );
-    let store_url = common::testing::scratch_postgres(&format!("faults_{seed}")).await;
+    // the store: PostgreSQL of this test's own (an outage is one of the faults), else a SQLite file
+    let pg = OwnPostgres::start(seed);
+    let store_url = match &pg {
+        Some(pg) => Some(common::store::create_scratch_postgres_database(&pg.admin_url(), "faults").await.unwrap()),
+        None => {
+            say!("fault seed {seed}: no PostgreSQL server binaries: SQLite store, no store outage");
+            None
+        }
+    };
     let h = Harness::start_on_brokers(&broker.brokers(), PARTITIONS, &overrides, store_url).await;
     let mut config = h.config.clone();
     config.serve.listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -92,9 +200,6 @@ async fn run_seed(seed: u64) -> bool {
         Process::new(ROSTER[3], &["batch", "schedule", "--cron", "*/4 * * * * *"], &config_path, dir),
         Process::new(ROSTER[4], &["serve"], &config_path, dir),
     ];
-    for p in &mut procs {
-        p.start();
-    }
     let api = format!("http://{}", config.serve.listen);
 
     // the producer, in chunks; `queued` is the end of the chunk being sent (an upper bound of what any
@@ -102,16 +207,17 @@ async fn run_seed(seed: u64) -> bool {
     let rows = Arc::new(truth::read_sample());
     let messages = sample_messages(&h.config);
     assert_eq!(messages.len(), rows.len());
+    let half = messages.len() / 2;
     let queued = Arc::new(AtomicUsize::new(0));
-    let producer = {
-        let (kafka, queued) = (h.config.kafka.clone(), queued.clone());
+    let produce = |range: std::ops::Range<usize>| {
+        let (kafka, queued, part) = (h.config.kafka.clone(), queued.clone(), messages[range].to_vec());
         tokio::spawn(async move {
-            for chunk in messages.chunks(250) {
+            for chunk in part.chunks(250) {
                 queued.fetch_add(chunk.len(), Ordering::SeqCst);
                 let none = tokio_util::sync::CancellationToken::new();
                 let sent = lambda::produce::send(&kafka, chunk, None, &none).await.expect("the producer delivers");
                 assert_eq!(sent as usize, chunk.len());
-                tokio::time::sleep(Duration::from_millis(1_200)).await;
+                tokio::time::sleep(Duration::from_millis(1_400)).await;
             }
         })
     };
@@ -144,44 +250,71 @@ async fn run_seed(seed: u64) -> bool {
         })
     };
 
-    // the schedule: every fault kind at least once, in a seeded order, then two more at random
+    // the schedule: every fault kind once in a seeded order, the batch scheduler's kill in the second
+    // phase (it runs only then), and one more at random in each phase
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut schedule: Vec<Fault> = (0..ROSTER.len()).map(Fault::Kill).collect();
-    schedule.push(Fault::BrokerRestart);
-    schedule.push(Fault::Zombie(if rng.random_bool(0.5) { SPEED_A } else { SPEED_B }));
-    schedule.shuffle(&mut rng);
-    for _ in 0..2 {
-        schedule.push(match rng.random_range(0..3) {
-            0 => Fault::Kill(rng.random_range(0..ROSTER.len())),
-            1 => Fault::BrokerRestart,
-            _ => Fault::Zombie(rng.random_range(SPEED_A..=SPEED_B)),
-        });
+    let mut kinds: Vec<Fault> = (0..ROSTER.len()).filter(|&i| i != BATCH).map(Fault::Kill).collect();
+    kinds.extend([Fault::BrokerRestart, Fault::Zombie(rng.random_range(SPEED_A..=SPEED_B)), Fault::Rebalance]);
+    if pg.is_some() {
+        kinds.push(Fault::StoreOutage);
     }
-    say!("fault seed {seed}: schedule {schedule:?}");
-    for fault in &schedule {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
-        let pause = Duration::from_millis(rng.random_range(0..1_500));
-        match *fault {
-            Fault::Kill(i) => {
-                procs[i].kill9();
-                tokio::time::sleep(pause).await;
-                procs[i].start();
-            }
-            Fault::BrokerRestart => {
-                broker.kill9();
-                tokio::time::sleep(pause).await;
-                broker.start();
-            }
-            Fault::Zombie(i) => {
-                procs[i].signal(Signal::SIGSTOP);
-                // past the 3 s session timeout: the group moves its partitions to the other member
-                tokio::time::sleep(Duration::from_millis(4_500) + pause).await;
-                procs[i].signal(Signal::SIGCONT);
-            }
-        }
+    kinds.shuffle(&mut rng);
+    let mut phase2 = kinds.split_off(kinds.len() / 2);
+    let mut phase1 = kinds;
+    phase2.insert(rng.random_range(0..=phase2.len()), Fault::Kill(BATCH));
+    let own_store = pg.is_some();
+    let mut random_fault = |batch: bool| match rng.random_range(0..5) {
+        0 => Fault::Kill(if batch { rng.random_range(0..ROSTER.len()) } else { [0, 1, 2, 4][rng.random_range(0..4)] }),
+        1 => Fault::BrokerRestart,
+        2 => Fault::Rebalance,
+        3 if own_store => Fault::StoreOutage,
+        _ => Fault::Zombie(rng.random_range(SPEED_A..=SPEED_B)),
+    };
+    phase1.push(random_fault(false));
+    phase2.push(random_fault(true));
+    say!("fault seed {seed}: phase 1 {phase1:?}; phase 2 {phase2:?}");
+    let mut injected = 0;
+
+    // phase 1: the first half, no batch run: the speed view alone must be exact at its end
+    for p in procs.iter_mut().filter(|p| p.role[0] != "batch") {
+        p.start();
+    }
+    let producer = produce(0..half);
+    for fault in &phase1 {
+        inject(*fault, &mut procs, &mut broker, pg.as_ref(), &config_path, dir, &mut rng).await;
+        injected += 1;
+        procs.iter_mut().for_each(Process::assert_running);
         say!("fault seed {seed}: {fault:?} done at {:.1}s", started.elapsed().as_secs_f64());
     }
-    assert!(!producer.is_finished(), "seed {seed}: production spans every fault; slow the producer down");
+    assert!(!producer.is_finished(), "seed {seed}: production spans the faults of phase 1; slow the producer down");
+    producer.await.unwrap();
+    let first = truth::expected(&rows[..half]);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok((actual, sources, generation)) = support::try_answers(&http, &api).await {
+            if actual == first {
+                assert_eq!(generation, None, "seed {seed}: no batch run in phase 1");
+                assert_eq!(sources.keys().collect::<Vec<_>>(), vec!["speed"], "seed {seed}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "seed {seed}: the speed view alone: {}", truth::diff(&first, &actual));
+        }
+        assert!(Instant::now() < deadline, "seed {seed}: the server never answered after phase 1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    say!("fault seed {seed}: the speed view alone is exact after phase 1 ({:.1}s)", started.elapsed().as_secs_f64());
+
+    // phase 2: the batch scheduler joins; the second half
+    procs[BATCH].start();
+    let producer = produce(half..messages.len());
+    for fault in &phase2 {
+        inject(*fault, &mut procs, &mut broker, pg.as_ref(), &config_path, dir, &mut rng).await;
+        injected += 1;
+        procs.iter_mut().for_each(Process::assert_running);
+        say!("fault seed {seed}: {fault:?} done at {:.1}s", started.elapsed().as_secs_f64());
+    }
+    assert!(!producer.is_finished(), "seed {seed}: production spans the faults of phase 2; slow the producer down");
     producer.await.unwrap();
 
     // the end: the serve process answers the ground truth from a manifest whose cutoffs are the log ends
@@ -192,7 +325,6 @@ async fn run_seed(seed: u64) -> bool {
         rows.len() as i64,
         "seed {seed}: the idempotent producer wrote each record once"
     );
-    let http = reqwest::Client::new();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let manifest: Option<serde_json::Value> =
@@ -217,12 +349,18 @@ async fn run_seed(seed: u64) -> bool {
     let (polls, unreachable) = poller.await.unwrap();
     assert!(polls >= 20, "seed {seed}: the poller read the API only {polls} times");
     say!(
-        "fault seed {seed}: exact after {} faults in {:.0}s; {polls} polls never above the truth ({unreachable} while the server was down); starts {:?}, broker {}",
-        schedule.len(),
+        "fault seed {seed}: exact after {injected} faults in {:.0}s; {polls} polls never above the truth ({unreachable} while the server was down); starts {:?}, broker {}",
         started.elapsed().as_secs_f64(),
         procs.iter().map(|p| p.starts).collect::<Vec<_>>(),
         broker.starts
     );
+    let warnings: Vec<(String, usize)> = procs
+        .iter()
+        .map(|p| {
+            (p.role[0].clone(), p.log_text().lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).count())
+        })
+        .collect();
+    say!("fault seed {seed}: warning/error log lines per process (the faults, ridden out): {warnings:?}");
     for p in &mut procs {
         p.kill9();
     }

@@ -209,9 +209,19 @@ impl ApiError {
             }
             ApiError::Internal(e) => {
                 error!(error = %e, "request failed");
-                let status =
-                    if e.is_retryable() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
-                (status, Json(json!({"error": {"message": "internal error; see the server log"}}))).into_response()
+                if e.is_retryable() {
+                    // a store or disk that is unreachable for a moment: the client may retry (RFC 9110 §10.2.3)
+                    let message = "the view store is unavailable for a moment; retry";
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        Json(json!({"error": {"message": message}})),
+                    )
+                        .into_response()
+                } else {
+                    let message = "internal error; see the server log";
+                    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": message}}))).into_response()
+                }
             }
         }
     }

@@ -435,8 +435,9 @@ pub async fn answers(http: &reqwest::Client, base_url: &str) -> (Expected, BTree
     try_answers(http, base_url).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// [`answers`], or `Err` when the API cannot be reached (a server killed or restarting). Any answer it
-/// does give must be a 200 with well-formed, sorted rows (panics otherwise).
+/// [`answers`], or `Err` when the API cannot be reached (a server killed or restarting) or answers 503
+/// (its store unreachable for a moment). Any other answer must be a 200 with well-formed, sorted rows
+/// (panics otherwise).
 pub async fn try_answers(
     http: &reqwest::Client,
     base_url: &str,
@@ -451,6 +452,10 @@ pub async fn try_answers(
             let r = http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
             let status = r.status().as_u16();
             let body = r.text().await.map_err(|e| format!("GET {url}: {e}"))?;
+            if status == 503 {
+                // the store is unreachable for a moment (a retryable error): the server says so
+                return Err(format!("GET {url}: 503 {body}"));
+            }
             assert_eq!(status, 200, "{url}: {body}");
             let answer: Answer = serde_json::from_str(&body).unwrap();
             assert_eq!(answer.view, *view);

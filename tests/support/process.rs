@@ -68,6 +68,30 @@ impl Process {
         }
     }
 
+    /// SIGTERM (graceful shutdown: flush, leave the group) and waits up to `timeout` for the exit status;
+    /// panics if it does not exit in time.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{:?} ignored SIGTERM for {timeout:?}", self.role);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Panics, with its log, if the process has exited by itself (a layer must ride out every fault).
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("{:?} exited by itself ({status}); log:\n{}", self.role, self.log_text());
+            }
+        }
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait(&mut self) -> ExitStatus {
         self.child.take().expect("running").wait().unwrap()

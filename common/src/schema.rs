@@ -174,9 +174,10 @@ impl Decoder {
     /// Errors (the reason names the field): payload over `schema.max_record_bytes`, not JSON, not an
     /// object, a value of the wrong type, a number out of range ([`crate::decimal`]), a missing event time
     /// or one that matches no `time_formats`, and, with `schema.dedup_missing = "dead_letter"`, a missing,
-    /// null or empty named dedup key. Missing fields other than the event time are null; fields not in the
-    /// schema are ignored; when a key repeats, its last value counts. The first problem met while reading
-    /// the record is the one reported.
+    /// null or empty named dedup key, and text that is not UTF-8 anywhere. Missing fields other than the
+    /// event time are null; fields not in the schema are ignored; when a key repeats, its last value counts.
+    /// `-0` is not an integer for an `i64` field (JSON parsers read it as a float, like `-0.0`). The first
+    /// problem met while reading the record is the one reported.
     pub fn decode_ref<'a>(&self, payload: &'a [u8]) -> Result<EventRef<'a>, DecodeError> {
         if payload.len() > self.max_bytes {
             return Err(DecodeError(format!(
@@ -185,9 +186,13 @@ impl Decoder {
                 self.max_bytes
             )));
         }
+        // JSON text is UTF-8 (RFC 8259 §8.1), all of it, fields outside the schema included; validated once
+        // here, so the parser need not check the strings it reads again
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| DecodeError(format!("not JSON: not UTF-8 at byte {}", e.valid_up_to())))?;
         let mut values = vec![FieldRef::Null; self.fields.len()];
         let failure = Cell::new(None);
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        let mut de = serde_json::Deserializer::from_str(text);
         let read = RecordSeed { decoder: self, values: &mut values, failure: &failure }
             .deserialize(&mut de)
             .and_then(|()| de.end());

@@ -98,7 +98,8 @@ impl Drop for OwnPostgres {
     }
 }
 
-/// Injects `fault` and undoes it (restart, SIGCONT, leave) before returning, after a seeded wait.
+/// Injects `fault` and undoes it (restart, SIGCONT, leave) before returning, after a seeded wait; then
+/// checks that no process exited by itself.
 async fn inject(
     fault: Fault,
     procs: &mut [Process],
@@ -143,6 +144,7 @@ async fn inject(
             assert!(status.success(), "the third speed member exited with {status}: {}", third.log_text());
         }
     }
+    procs.iter_mut().for_each(Process::assert_running);
 }
 
 /// The roster: index -> (name, subcommand).
@@ -280,7 +282,7 @@ async fn run_seed(seed: u64) -> bool {
     phase1.push(random_fault(false));
     phase2.push(random_fault(true));
     say!("fault seed {seed}: phase 1 {phase1:?}; phase 2 {phase2:?}");
-    let mut injected = 0;
+    let injected = phase1.len() + phase2.len();
 
     // phase 1: the first half, no batch run: the speed view alone must be exact at its end
     for p in procs.iter_mut().filter(|p| p.role[0] != "batch") {
@@ -289,8 +291,6 @@ async fn run_seed(seed: u64) -> bool {
     let (producer, faults_done) = produce(0..half);
     for fault in &phase1 {
         inject(*fault, &mut procs, &mut broker, pg.as_ref(), &config_path, dir, &mut rng).await;
-        injected += 1;
-        procs.iter_mut().for_each(Process::assert_running);
         say!("fault seed {seed}: {fault:?} done at {:.1}s", started.elapsed().as_secs_f64());
     }
     let _ = faults_done.send(()); // a producer that panicked shows below
@@ -317,8 +317,6 @@ async fn run_seed(seed: u64) -> bool {
     let (producer, faults_done) = produce(half..messages.len());
     for fault in &phase2 {
         inject(*fault, &mut procs, &mut broker, pg.as_ref(), &config_path, dir, &mut rng).await;
-        injected += 1;
-        procs.iter_mut().for_each(Process::assert_running);
         say!("fault seed {seed}: {fault:?} done at {:.1}s", started.elapsed().as_secs_f64());
     }
     let _ = faults_done.send(()); // a producer that panicked shows below

@@ -89,6 +89,29 @@ fn migrator() -> sqlx::migrate::Migrator {
 }
 
 impl PostgresStore {
+    /// One transaction, after every writer of the segment and before any later one: deletes the segment's
+    /// rows past `seal.end`, then upserts `rows` (the segment's final rows; none for a trim). Returns the
+    /// rows deleted.
+    async fn bound_to_seal(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
+        // exclusive first: the delete below then never waits on a writer of this segment holding rows in
+        // key order (a deadlock); the shared request of the upsert that follows is this transaction's own
+        advisory_lock(&mut tx, Lock::Exclusive, &segment_lock_key(topic, seal.partition, seal.start), "seals").await?;
+        let deleted = sqlx::query(
+            "DELETE FROM speed_rows WHERE kafka_partition = $1 AND segment_start = $2 AND upto_offset > $3",
+        )
+        .bind(seal.partition)
+        .bind(seal.start)
+        .bind(seal.end)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("speed_rows"))?
+        .rows_affected();
+        upsert_speed(&mut tx, topic, rows).await?;
+        tx.commit().await.map_err(err("speed_rows"))?;
+        Ok(deleted)
+    }
+
     /// Connects to `url` with a pool of at most `max_connections` and applies pending migrations.
     ///
     /// Errors: [`Error::Store`] when the server is unreachable or refuses the login, or a migration fails
@@ -429,37 +452,11 @@ impl ViewStore for PostgresStore {
     }
 
     async fn finalize_segment(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
-        // exclusive first: the delete below then never waits on a writer of this segment holding rows in
-        // key order (a deadlock); the shared request of the upsert that follows is this transaction's own
-        advisory_lock(&mut tx, Lock::Exclusive, &segment_lock_key(topic, seal.partition, seal.start), "seals").await?;
-        sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = $1 AND segment_start = $2 AND upto_offset > $3")
-            .bind(seal.partition)
-            .bind(seal.start)
-            .bind(seal.end)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("speed_rows"))?;
-        upsert_speed(&mut tx, topic, rows).await?;
-        tx.commit().await.map_err(err("speed_rows"))
+        self.bound_to_seal(topic, seal, rows).await.map(|_| ())
     }
 
     async fn trim_segment(&self, topic: &str, seal: Seal) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(err("speed_rows"))?;
-        // as finalize_segment: after every writer of this segment, and before any later one
-        advisory_lock(&mut tx, Lock::Exclusive, &segment_lock_key(topic, seal.partition, seal.start), "seals").await?;
-        let deleted = sqlx::query(
-            "DELETE FROM speed_rows WHERE kafka_partition = $1 AND segment_start = $2 AND upto_offset > $3",
-        )
-        .bind(seal.partition)
-        .bind(seal.start)
-        .bind(seal.end)
-        .execute(&mut *tx)
-        .await
-        .map_err(err("speed_rows"))?
-        .rows_affected();
-        tx.commit().await.map_err(err("speed_rows"))?;
-        Ok(deleted)
+        self.bound_to_seal(topic, seal, &[]).await
     }
 
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>> {

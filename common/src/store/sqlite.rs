@@ -89,6 +89,24 @@ fn now_ms() -> i64 {
 }
 
 impl SqliteStore {
+    /// One transaction: deletes the segment's rows past `seal.end`, then upserts `rows` (the segment's final
+    /// rows; none for a trim). Returns the rows deleted.
+    async fn bound_to_seal(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err("speed_rows"))?;
+        let deleted =
+            sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start = ? AND upto_offset > ?")
+                .bind(seal.partition)
+                .bind(seal.start)
+                .bind(seal.end)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("speed_rows"))?
+                .rows_affected();
+        upsert_speed(&mut tx, topic, rows).await?;
+        tx.commit().await.map_err(err("speed_rows"))?;
+        Ok(deleted)
+    }
+
     /// Opens (creating if missing, with its parent directory) the database at `url` (`sqlite://path`), and
     /// brings its schema up to date (tables created, the lease token column and the generation counter
     /// added to a store made by an earlier version).
@@ -286,31 +304,11 @@ impl ViewStore for SqliteStore {
     }
 
     async fn finalize_segment(&self, topic: &str, seal: Seal, rows: &[SpeedRow]) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err("speed_rows"))?;
-        sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start = ? AND upto_offset > ?")
-            .bind(seal.partition)
-            .bind(seal.start)
-            .bind(seal.end)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("speed_rows"))?;
-        upsert_speed(&mut tx, topic, rows).await?;
-        tx.commit().await.map_err(err("speed_rows"))
+        self.bound_to_seal(topic, seal, rows).await.map(|_| ())
     }
 
-    async fn trim_segment(&self, _topic: &str, seal: Seal) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err("speed_rows"))?;
-        let deleted =
-            sqlx::query("DELETE FROM speed_rows WHERE kafka_partition = ? AND segment_start = ? AND upto_offset > ?")
-                .bind(seal.partition)
-                .bind(seal.start)
-                .bind(seal.end)
-                .execute(&mut *tx)
-                .await
-                .map_err(err("speed_rows"))?
-                .rows_affected();
-        tx.commit().await.map_err(err("speed_rows"))?;
-        Ok(deleted)
+    async fn trim_segment(&self, topic: &str, seal: Seal) -> Result<u64> {
+        self.bound_to_seal(topic, seal, &[]).await
     }
 
     async fn speed_rows(&self, query: &RowQuery) -> Result<Vec<SpeedRow>> {

@@ -10,7 +10,7 @@ use crate::decimal::int_to_micros;
 use crate::schema::FieldRef;
 
 /// Width of a time bucket. Buckets are aligned to the Unix epoch in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
     Minute,

@@ -152,6 +152,9 @@ mod tests {
             row(1_573_776_060, vec![Some("view"), Some("apple")], 0, 0, Source::Speed),
         ];
         let text = write_answer(view, Granularity::Minute, Some(&manifest), &[0, 1], &rows);
+        // the OpenAPI schema of an answer is the type `ViewAnswer` (unknown fields refused)
+        let typed: crate::openapi::ViewAnswer = serde_json::from_slice(&text).unwrap();
+        assert_eq!((typed.rows.len(), typed.manifest.map(|m| m.generation)), (3, Some(3)));
         let got: Value = serde_json::from_slice(&text).unwrap();
         let want = json!({
             "view": "by_brand", "granularity": "minute",
@@ -178,6 +181,7 @@ mod tests {
             "{big}"
         );
         let none = write_answer(view, Granularity::Day, None, &[], &[row(0, vec![], 1, 1, Source::Speed)]);
+        let _: crate::openapi::ViewAnswer = serde_json::from_slice(&none).unwrap();
         let none: Value = serde_json::from_slice(&none).unwrap();
         assert_eq!(none["manifest"], Value::Null);
         assert_eq!(none["rows"][0]["dims"], json!({}));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -19,12 +20,12 @@ use common::config::Config;
 use common::store::{BatchRow, Manifest, RowQuery, ViewStore};
 use common::view::{Granularity, View, ViewSet};
 use moka::future::Cache;
-use serde_json::json;
 use tracing::error;
 
 use crate::answer::write_answer;
 use crate::merge::{self, merge, Order, Shape};
 use crate::metrics as m;
+use crate::openapi::{self, BadParameter, BadRequest, ErrorBody, ErrorMessage, Health, ViewAnswer, ViewInfo, ViewList};
 
 /// Shared state of the handlers.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct AppState {
     /// changes (DESIGN.md §5), so these never go stale; they only spare re-reading the store on every
     /// answer refresh. Bounded by [`BATCH_CACHE_ROWS`].
     batch_rows: Cache<BatchKey, Arc<Vec<BatchRow>>>,
+    /// The OpenAPI document of this configuration, serialized once ([`openapi::document`]).
+    openapi: Bytes,
 }
 
 type BatchKey = (i64, String, Granularity, Option<i64>, Option<i64>);
@@ -134,9 +137,13 @@ impl AppState {
                 .time_to_live(ttl * STALE_TTLS)
                 .build()
         });
+        let views = ViewSet::new(&config);
+        let doc = openapi::document(&views, !config.serve.auth_tokens.is_empty());
+        let openapi = Bytes::from(serde_json::to_vec(&doc).expect("an OpenAPI document serializes"));
         AppState {
-            views: Arc::new(ViewSet::new(&config)),
+            views: Arc::new(views),
             config: Arc::new(config),
+            openapi,
             store,
             cache,
             refreshing: Default::default(),
@@ -148,7 +155,21 @@ impl AppState {
     }
 }
 
-/// The API's routes: `/v1/*` (behind bearer auth when `serve.auth_tokens` is set), `/healthz`, `/metrics`.
+/// The API as utoipa generates it from the handlers below; [`openapi::document`] specializes it to a
+/// configuration.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "lambda serving API",
+        description = "Exact aggregates over a Kafka topic of JSON events: the batch view of the current manifest merged with the speed rows past its cutoffs (DESIGN.md §5-7). Errors are JSON: a 400 names the parameter at fault."
+    ),
+    paths(list_views, query_view, manifest, healthz, prometheus, openapi_json),
+    components(schemas(ViewList, ViewInfo, ViewAnswer, BadRequest, ErrorBody, Health, Manifest))
+)]
+pub struct ApiDoc;
+
+/// The API's routes: `/v1/*` (behind bearer auth when `serve.auth_tokens` is set), `/healthz`, `/metrics`,
+/// `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     // install the recorder before any request so no metric is recorded into the void
     let _ = common::telemetry::prometheus();
@@ -162,6 +183,8 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
         .layer(middleware::from_fn(track))
         .with_state(state)
 }
@@ -195,36 +218,34 @@ impl ApiError {
     fn respond(&self) -> Response {
         match self {
             ApiError::BadParameter { parameter, message } => {
-                (StatusCode::BAD_REQUEST, Json(json!({"error": {"parameter": parameter, "message": message}})))
-                    .into_response()
+                let error = BadParameter { parameter: parameter.clone(), message: message.clone() };
+                (StatusCode::BAD_REQUEST, Json(BadRequest { error })).into_response()
             }
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"error": {"message": "missing or invalid bearer token"}})),
+                Json(error_body("missing or invalid bearer token")),
             )
                 .into_response(),
-            ApiError::NotFound(message) => {
-                (StatusCode::NOT_FOUND, Json(json!({"error": {"message": message}}))).into_response()
-            }
+            ApiError::NotFound(message) => (StatusCode::NOT_FOUND, Json(error_body(message))).into_response(),
             ApiError::Internal(e) => {
                 error!(error = %e, "request failed");
                 if e.is_retryable() {
                     // a store or disk that is unreachable for a moment: the client may retry (RFC 9110 §10.2.3)
                     let message = "the view store is unavailable for a moment; retry";
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        [(header::RETRY_AFTER, "1")],
-                        Json(json!({"error": {"message": message}})),
-                    )
+                    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Json(error_body(message)))
                         .into_response()
                 } else {
                     let message = "internal error; see the server log";
-                    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": message}}))).into_response()
+                    (StatusCode::INTERNAL_SERVER_ERROR, Json(error_body(message))).into_response()
                 }
             }
         }
     }
+}
+
+fn error_body(message: &str) -> ErrorBody {
+    ErrorBody { error: ErrorMessage { message: message.to_owned() } }
 }
 
 async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
@@ -256,22 +277,37 @@ async fn track(request: Request, next: Next) -> Response {
     response
 }
 
+/// Health of the API and of the batch view.
+///
 /// `200 {"status":"ok"}`; `200 {"status":"degraded","reasons":[...]}` when the batch view has stalled
 /// ([`stall_reasons`]); `503` when the store does not answer.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses(
+    (status = 200, description = "The API answers; `degraded` names why the batch view has stalled", body = Health),
+    (status = 503, description = "The view store does not answer", body = Health),
+))]
 async fn healthz(State(state): State<AppState>) -> Response {
     let manifest = match state.store.current_manifest().await {
         Ok(m) => m,
         Err(e) => {
             error!(error = %e, "health check: store unreachable");
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unreachable"}))).into_response();
+            let health = Health { status: "store unreachable".into(), reasons: None };
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(health)).into_response();
         }
     };
     let reasons = manifest.map(|m| stall_reasons(&m, state.config.batch.stall_after, Utc::now())).unwrap_or_default();
     if reasons.is_empty() {
-        Json(json!({"status": "ok"})).into_response()
+        Json(Health { status: "ok".into(), reasons: None }).into_response()
     } else {
-        Json(json!({"status": "degraded", "reasons": reasons})).into_response()
+        Json(Health { status: "degraded".into(), reasons: Some(reasons) }).into_response()
     }
+}
+
+/// The OpenAPI 3.1 document of this API and configuration.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses(
+    (status = 200, description = "This document", content_type = "application/json", body = Object),
+))]
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    json_response(state.openapi.clone())
 }
 
 /// Why the batch view is stalled, as of `now` (DESIGN.md §5): a partition whose cutoff has not moved for
@@ -306,6 +342,10 @@ pub fn stall_reasons(manifest: &Manifest, stall_after: std::time::Duration, now:
     reasons
 }
 
+/// Prometheus metrics of the serving process (text exposition format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain", body = String),
+))]
 async fn prometheus(State(state): State<AppState>) -> Response {
     // the batch view's lag as of the published manifest (the batch process sets it too, in its own registry)
     if let Ok(Some(manifest)) = state.store.current_manifest().await {
@@ -318,32 +358,48 @@ async fn prometheus(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], common::telemetry::prometheus().render()).into_response()
 }
 
-async fn list_views(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let views: Vec<_> = state
+/// The configured views: their dimensions, metrics, granularities and query parameters.
+#[utoipa::path(get, path = "/v1/views", tag = "views", responses(
+    (status = 200, description = "The configured views", body = ViewList),
+    (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
+))]
+async fn list_views(State(state): State<AppState>) -> Json<ViewList> {
+    let parameters: std::collections::BTreeMap<String, String> = [
+        ("granularity", "required: one of the view's granularities"),
+        ("from", "optional RFC 3339 time; buckets starting at or after it"),
+        ("to", "optional RFC 3339 time; buckets starting before it"),
+        ("group_by", "optional comma-separated dimensions (default: all; empty: none)"),
+        ("order_by", "optional metric[:asc|:desc] (default desc); sorts rows by it instead of by bucket"),
+        ("top", "optional N (1-10000, needs order_by): totals per group over the whole range, the N first by order_by"),
+        ("<dimension>", "optional equality filter on a dimension"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let views = state
         .views
         .views
         .iter()
-        .map(|v| {
-            json!({
-                "name": v.name,
-                "dimensions": v.dimensions,
-                "metrics": v.metric_names,
-                "granularities": v.granularities,
-                "parameters": {
-                    "granularity": "required: one of the view's granularities",
-                    "from": "optional RFC 3339 time; buckets starting at or after it",
-                    "to": "optional RFC 3339 time; buckets starting before it",
-                    "group_by": "optional comma-separated dimensions (default: all; empty: none)",
-                    "order_by": "optional metric[:asc|:desc] (default desc); sorts rows by it instead of by bucket",
-                    "top": "optional N (1-10000, needs order_by): totals per group over the whole range, the N first by order_by",
-                    "<dimension>": "optional equality filter on a dimension",
-                }
-            })
+        .map(|v| ViewInfo {
+            name: v.name.clone(),
+            dimensions: v.dimensions.clone(),
+            metrics: v.metric_names.clone(),
+            granularities: v.granularities.clone(),
+            parameters: parameters.clone(),
         })
         .collect();
-    Json(json!({ "views": views }))
+    Json(ViewList { views })
 }
 
+/// The current manifest: the batch generation answers are merged with, its cutoffs and run statistics.
+#[utoipa::path(get, path = "/v1/manifest", tag = "views", responses(
+    (status = 200, description = "The current manifest (DESIGN.md §5)", body = Manifest),
+    (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
+    (status = 404, description = "No batch generation has been published yet", body = ErrorBody),
+    (status = 500, description = "The view store failed; see the server log", body = ErrorBody),
+    (status = 503, description = "The view store is unavailable for a moment", body = ErrorBody,
+        headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+))]
 async fn manifest(State(state): State<AppState>) -> Result<Json<Manifest>, ApiError> {
     match state.store.current_manifest().await? {
         Some(m) => Ok(Json(m)),
@@ -364,6 +420,11 @@ struct ParsedQuery {
 pub const MAX_TOP: usize = 10_000;
 
 fn parse_time(parameter: &str, value: &str) -> Result<i64, ApiError> {
+    // RFC 3339 §5.6 separates date and time with `T` (or `t`); chrono also takes a space, JSON Schema's
+    // `date-time` (which the OpenAPI document promises) does not
+    if !matches!(value.as_bytes().get(10), Some(b'T' | b't')) {
+        return Err(bad(parameter, format!("`{value}` is not an RFC 3339 time; e.g. 2019-11-01T00:00:00Z")));
+    }
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.timestamp())
         .map_err(|e| bad(parameter, format!("`{value}` is not an RFC 3339 time ({e}); e.g. 2019-11-01T00:00:00Z")))
@@ -375,7 +436,12 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
     let mut group_by: Option<Vec<usize>> = None;
     let mut filters = Vec::new();
     let (mut order, mut top) = (None, None);
-    for (name, value) in params {
+    let mut seen = std::collections::HashSet::new();
+    // a pair without a name (`?=x`, `?&=`) filters nothing and names nothing to complain about: skipped
+    for (name, value) in params.iter().filter(|(name, _)| !name.is_empty()) {
+        if !seen.insert(name.as_str()) {
+            return Err(bad(name, format!("`{name}` is given more than once")));
+        }
         match name.as_str() {
             "granularity" => {
                 let g: Granularity = value.parse().map_err(|e: String| bad("granularity", e))?;
@@ -402,9 +468,11 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
                 order = Some(Order { metric: i, descending });
             }
             "top" => {
-                let n: usize = value
-                    .parse()
-                    .ok()
+                // digits only: `+5` and ` 5` are not whole numbers in the API's schema either
+                let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+                let n: usize = digits
+                    .then(|| value.parse().ok())
+                    .flatten()
                     .filter(|n| (1..=MAX_TOP).contains(n))
                     .ok_or_else(|| bad("top", format!("`{value}` must be a whole number from 1 to {MAX_TOP}")))?;
                 top = Some(n);
@@ -459,13 +527,33 @@ fn parse_query(view: &View, params: &[(String, String)]) -> Result<ParsedQuery, 
     })
 }
 
+/// Query a view: the batch view merged with the speed rows past its cutoffs, per bucket and group.
+///
+/// Dimension names are filter parameters too (`?brand=apple`); the paths of the configured views list them.
+#[utoipa::path(get, path = "/v1/views/{view}", tag = "views",
+    params(("view" = String, Path, description = "A configured view's name"), openapi::ViewQuery),
+    responses(
+        (status = 200, description = "The merged answer", body = ViewAnswer),
+        (status = 400, description = "A parameter is wrong; `error.parameter` names it", body = BadRequest),
+        (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
+        (status = 404, description = "No such view", body = ErrorBody),
+        (status = 500, description = "The view store failed; see the server log", body = ErrorBody),
+        (status = 503, description = "The view store is unavailable for a moment", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn query_view(
     State(state): State<AppState>,
-    Path(view_name): Path<String>,
+    view_name: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     Query(params): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
+    let view_name = match view_name {
+        Ok(Path(name)) => name,
+        // e.g. a percent-encoded name that is not UTF-8: no view has it
+        Err(rejection) => return ApiError::NotFound(format!("no such view: {rejection}")).respond(),
+    };
     let compute = {
         let state = state.clone();
         let view_name = view_name.clone();

@@ -1,13 +1,15 @@
 //! The serving layer (DESIGN.md §7): an axum HTTP API that answers view queries by merging the batch view of
 //! the current manifest with the speed rows past its cutoffs ([`merge`]).
 //!
-//! Endpoints: `GET /v1/views`, `GET /v1/views/{view}`, `GET /v1/manifest`, `GET /healthz`, `GET /metrics`.
+//! Endpoints: `GET /v1/views`, `GET /v1/views/{view}`, `GET /v1/manifest`, `GET /healthz`, `GET /metrics`,
+//! `GET /openapi.json` ([`openapi`]).
 
 pub mod answer;
 pub mod api;
 pub mod merge;
 pub mod metrics;
 pub mod mirror;
+pub mod openapi;
 pub mod sql_views;
 
 use std::net::SocketAddr;

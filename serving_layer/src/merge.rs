@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use common::store::{BatchRow, Manifest, SpeedRow};
 
 /// Where a merged row's value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     Batch,
     Speed,

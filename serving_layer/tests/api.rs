@@ -73,6 +73,10 @@ async fn every_bad_parameter_gets_a_400_naming_it() {
         ("/v1/views/by_type?granularity=day&order_by=count&top=0", "top"),
         ("/v1/views/by_type?granularity=day&order_by=count&top=ten", "top"),
         ("/v1/views/by_type?granularity=day&order_by=count&top=10001", "top"),
+        ("/v1/views/by_type?granularity=day&order_by=count&top=+5", "top"),
+        ("/v1/views/by_type?granularity=day&from=2019-11-01%2000:00:00Z", "from"),
+        ("/v1/views/by_type?granularity=day&granularity=hour", "granularity"),
+        ("/v1/views/by_type?granularity=day&event_type=view&event_type=cart", "event_type"),
     ];
     for (path, parameter) in cases {
         let (status, body) = get(&api, path).await;
@@ -81,6 +85,25 @@ async fn every_bad_parameter_gets_a_400_naming_it() {
         let message = body["error"]["message"].as_str().unwrap();
         assert!(!message.is_empty(), "{path}");
     }
+    api.stop.cancel();
+}
+
+/// Every answer is JSON, an unknown route's too; the OpenAPI document lists the configured views.
+#[tokio::test]
+async fn unknown_routes_answer_json_and_the_document_lists_the_views() {
+    let api = start("").await;
+    for path in ["/nope", "/v1/views/", "/v1/views/by_type/extra"] {
+        let (status, body) = get(&api, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}: {body}");
+    }
+    let (status, doc) = get(&api, "/openapi.json").await;
+    assert_eq!(status, 200);
+    for view in ["by_type", "by_brand"] {
+        let params = doc["paths"][format!("/v1/views/{view}")]["get"]["parameters"].as_array().unwrap();
+        assert!(params.iter().any(|p| p["name"] == "event_type"), "{view}: {params:?}");
+    }
+    assert!(doc["paths"]["/v1/views/{view}"]["get"]["security"].is_null(), "no auth configured");
     api.stop.cancel();
 }
 

@@ -18,36 +18,17 @@ pub struct Broker {
     pub starts: usize,
 }
 
-/// The tansu binary, if any (see the module docs).
-pub fn tansu_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LAMBDA_TEST_TANSU") {
-        return Some(PathBuf::from(p));
-    }
-    let cached = Path::new(&std::env::var_os("HOME")?).join(".cache/tansu/bin/tansu");
-    if cached.is_file() {
-        return Some(cached);
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("tansu")).find(|p| p.is_file()))
-}
-
 impl Broker {
     /// A broker with its storage under `dir`, started, on a free loopback port; `None` (after a SKIPPED
     /// line naming `test`) when no tansu binary is found and `LAMBDA_REQUIRE_TANSU` is not `1`.
     pub fn start_in(dir: &Path, test: &str) -> Option<Broker> {
-        let Some(bin) = tansu_binary() else {
-            assert!(
-                std::env::var("LAMBDA_REQUIRE_TANSU").as_deref() != Ok("1"),
-                "LAMBDA_REQUIRE_TANSU=1 but no tansu binary (LAMBDA_TEST_TANSU, ~/.cache/tansu/bin/tansu, PATH)"
-            );
-            // straight to the stream: the test harness captures print macros of passing tests
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test} (no tansu broker: cargo install tansu --features libsql, or set LAMBDA_TEST_TANSU)"
-            );
-            return None;
-        };
+        let bin = super::external_tool(
+            "LAMBDA_TEST_TANSU",
+            "LAMBDA_REQUIRE_TANSU",
+            &super::tool_candidates(".cache/tansu/bin/tansu", "tansu"),
+            test,
+            "no tansu broker: cargo install tansu --features libsql, or set LAMBDA_TEST_TANSU",
+        )?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut broker = Broker { bin, dir: dir.to_owned(), port, child: None, log: dir.join("tansu.log"), starts: 0 };
         broker.start();

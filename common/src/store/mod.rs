@@ -76,7 +76,7 @@ pub struct Seal {
 }
 
 /// How far a partition's cutoff has got, for stall detection (`/healthz`, DESIGN.md §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CutoffProgress {
     /// When the cutoff last moved (or was first published).
     pub moved_at: DateTime<Utc>,
@@ -84,15 +84,18 @@ pub struct CutoffProgress {
     pub log_end_then: i64,
 }
 
-/// What a batch run published (DESIGN.md §5 step 4).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a batch run published (DESIGN.md §5 step 4). Maps keyed by partition have the partition number as
+/// their JSON key (`{"0": 1234}`), hence the `value_type`s for the OpenAPI schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub generation: i64,
     /// C[p] per partition: the batch view holds exactly the records with `archive_starts[p] <= offset < C[p]`.
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub cutoffs: BTreeMap<i32, i64>,
     /// Where each partition's archive coverage begins; every later run must find the archive contiguous from
     /// here, or it refuses to publish (a lost range is read again from Kafka by the archiver, or reported).
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub archive_starts: BTreeMap<i32, i64>,
     /// Rows written per `view/granularity`.
     pub rows: BTreeMap<String, u64>,
@@ -109,9 +112,11 @@ pub struct Manifest {
     pub cutoff_notes: Vec<String>,
     /// Each partition's log end (high watermark) when the run started; empty when Kafka was unreachable.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, i64>)]
     pub log_ends: BTreeMap<i32, i64>,
     /// When each cutoff last moved, and the log end then.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, CutoffProgress>)]
     pub cutoff_progress: BTreeMap<i32, CutoffProgress>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,

@@ -4,13 +4,16 @@
 //! else a shared SQLite file). While the sample is produced (idempotent producer), faults chosen by a
 //! logged seed hit them: SIGKILL of every process kind and restart, a broker SIGKILL and restart, a speed
 //! member frozen with SIGSTOP past its session timeout (a zombie whose partitions move) and woken, a third
-//! speed member joining and leaving (rebalances), and a stop of the store's PostgreSQL server for a few
-//! seconds (a cluster of the test's own). No process may exit by itself. The first half is produced
+//! speed member joining and leaving (rebalances), a stop of the store's PostgreSQL server for a few
+//! seconds and one past the pools' 30 s acquire timeout (a cluster of the test's own), and a SIGKILL of the
+//! batch scheduler timed inside a run. No process may exit by itself. The first half is produced
 //! without batch runs, and the speed view alone must then equal the truth of that half. A poller
 //! reads every view from the `serve` process throughout and checks that no cell ever exceeds the ground
 //! truth of the records queued so far (the sample has no duplicate events, so any excess is a double
 //! count). At the end the answers equal the ground truth exactly, from a manifest whose cutoffs are the
-//! log ends.
+//! log ends. Bad records (not JSON, not an object, not UTF-8, no event time) are mixed into the stream at
+//! seeded places; at the end the speed layer's and the archiver's dead-letter outputs each hold exactly
+//! those records (by partition and offset), each with a reason, and no answer counts them.
 //!
 //! Seeds: `LAMBDA_FAULT_SEEDS` (comma-separated; default `1,2,4`). Without a tansu binary the test prints
 //! SKIPPED and passes, unless `LAMBDA_REQUIRE_TANSU=1` (see `support::broker`).
@@ -22,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lambda::produce::Outgoing;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use support::broker::Broker;
@@ -37,6 +41,24 @@ macro_rules! say {
 }
 
 const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Bad records mixed into the stream: each must reach both dead-letter outputs and no answer.
+const BAD_INPUT: [&[u8]; 4] =
+    [b"not json {", b"[1,2,3]", b"\xff\xfe{\"event_type\":\"view\"}", b"{\"event_type\":\"view\",\"price\":1}"];
+
+/// `good` with a bad record (from [`BAD_INPUT`]) before about one record in 150, at places drawn from `rng`;
+/// `true` marks the good ones.
+fn with_bad_input(good: &[Outgoing], rng: &mut impl Rng) -> Vec<(Outgoing, bool)> {
+    let mut out = Vec::with_capacity(good.len() + good.len() / 100);
+    for m in good {
+        if rng.random_range(0..150) == 0 {
+            let payload = BAD_INPUT[rng.random_range(0..BAD_INPUT.len())].to_vec();
+            out.push((Outgoing { key: None, payload }, false));
+        }
+        out.push((m.clone(), true));
+    }
+    out
+}
 const PARTITIONS: i32 = 3;
 
 /// One fault of the schedule.
@@ -52,6 +74,20 @@ enum Fault {
     Rebalance,
     /// The store's PostgreSQL server stops (fast shutdown) for a few seconds, then starts again.
     StoreOutage,
+    /// The store's PostgreSQL server stops for longer than the pools' 30 s acquire timeout, so store calls
+    /// fail instead of waiting, and are retried.
+    LongStoreOutage,
+    /// SIGKILL of the batch scheduler at a seeded instant inside a run (from its start line, a fraction of
+    /// how long the last published run took: scan, row writes, the manifest switch or the cleanup), then restart.
+    KillInBatchRun,
+}
+
+/// Seconds the last published batch run took, from the scheduler's log (`seconds=` of its last
+/// "batch generation published" line).
+fn last_run_seconds(log: &str) -> Option<f64> {
+    let line = log.lines().rev().find(|l| l.contains("batch generation published"))?;
+    let rest = &line[line.find("seconds=")? + "seconds=".len()..];
+    rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?.parse().ok()
 }
 
 /// A PostgreSQL cluster of this test's own, so that an outage hits no other test
@@ -136,6 +172,31 @@ async fn inject(
             // the layers' store writes retry with backoff (up to 5 s apart): let them reach the server again
             tokio::time::sleep(Duration::from_secs(6)).await;
         }
+        Fault::LongStoreOutage => {
+            let pg = pg.expect("an outage only on the test's own PostgreSQL");
+            pg.run("stop");
+            tokio::time::sleep(Duration::from_secs(36) + pause).await;
+            pg.run("start");
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        Fault::KillInBatchRun => {
+            let runs = |p: &Process| p.log_text().matches("batch run started").count();
+            let (before, typical) = (runs(&procs[BATCH]), last_run_seconds(&procs[BATCH].log_text()).unwrap_or(0.5));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while runs(&procs[BATCH]) == before {
+                assert!(Instant::now() < deadline, "no batch run started in 60 s: {}", procs[BATCH].log_text());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let into = Duration::from_secs_f64(typical * rng.random_range(0.0..1.0));
+            tokio::time::sleep(into).await;
+            procs[BATCH].kill9();
+            say!(
+                "  the batch run was killed {} ms after its start (the last run took {typical:.3} s)",
+                into.as_millis()
+            );
+            tokio::time::sleep(pause).await;
+            procs[BATCH].start();
+        }
         Fault::Rebalance => {
             let mut third = Process::new("speed-c", &["speed"], config_path, dir);
             third.start();
@@ -211,9 +272,15 @@ async fn run_seed(seed: u64) -> bool {
     let messages = sample_messages(&h.config);
     assert_eq!(messages.len(), rows.len());
     let half = messages.len() / 2;
+    // its own generator, so the fault schedule of a seed stays what it was before bad input was added
+    let mut bad_rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xbad);
+    let streams = [with_bad_input(&messages[..half], &mut bad_rng), with_bad_input(&messages[half..], &mut bad_rng)];
+    let bad_injected: usize = streams.iter().flatten().filter(|(_, good)| !good).count();
+    say!("fault seed {seed}: {bad_injected} bad records mixed into the stream");
+    // counts good records only: `rows[..queued]` is the truth bound
     let queued = Arc::new(AtomicUsize::new(0));
-    let produce = |range: std::ops::Range<usize>| {
-        let (kafka, queued, part) = (h.config.kafka.clone(), queued.clone(), messages[range].to_vec());
+    let produce = |phase: usize| {
+        let (kafka, queued, part) = (h.config.kafka.clone(), queued.clone(), streams[phase].clone());
         let (faults_done, mut gate) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let chunks: Vec<_> = part.chunks(250).collect();
@@ -221,9 +288,10 @@ async fn run_seed(seed: u64) -> bool {
                 if i + 1 == chunks.len() {
                     let _ = (&mut gate).await;
                 }
-                queued.fetch_add(chunk.len(), Ordering::SeqCst);
+                queued.fetch_add(chunk.iter().filter(|(_, good)| *good).count(), Ordering::SeqCst);
                 let none = tokio_util::sync::CancellationToken::new();
-                let sent = lambda::produce::send(&kafka, chunk, None, &none).await.expect("the producer delivers");
+                let chunk: Vec<Outgoing> = chunk.iter().map(|(m, _)| m.clone()).collect();
+                let sent = lambda::produce::send(&kafka, &chunk, None, &none).await.expect("the producer delivers");
                 assert_eq!(sent as usize, chunk.len());
                 tokio::time::sleep(Duration::from_millis(1_400)).await;
             }
@@ -270,7 +338,10 @@ async fn run_seed(seed: u64) -> bool {
     kinds.shuffle(&mut rng);
     let mut phase2 = kinds.split_off(kinds.len() / 2);
     let mut phase1 = kinds;
-    phase2.insert(rng.random_range(0..=phase2.len()), Fault::Kill(BATCH));
+    phase2.insert(rng.random_range(0..=phase2.len()), Fault::KillInBatchRun);
+    if pg.is_some() {
+        phase2.insert(rng.random_range(0..=phase2.len()), Fault::LongStoreOutage);
+    }
     let own_store = pg.is_some();
     let mut random_fault = |batch: bool| match rng.random_range(0..5) {
         0 => Fault::Kill(if batch { rng.random_range(0..ROSTER.len()) } else { [0, 1, 2, 4][rng.random_range(0..4)] }),
@@ -288,7 +359,7 @@ async fn run_seed(seed: u64) -> bool {
     for p in procs.iter_mut().filter(|p| p.role[0] != "batch") {
         p.start();
     }
-    let (producer, faults_done) = produce(0..half);
+    let (producer, faults_done) = produce(0);
     for fault in &phase1 {
         inject(*fault, &mut procs, &mut broker, pg.as_ref(), &config_path, dir, &mut rng).await;
         say!("fault seed {seed}: {fault:?} done at {:.1}s", started.elapsed().as_secs_f64());
@@ -314,7 +385,7 @@ async fn run_seed(seed: u64) -> bool {
 
     // phase 2: the batch scheduler joins; the second half
     procs[BATCH].start();
-    let (producer, faults_done) = produce(half..messages.len());
+    let (producer, faults_done) = produce(1);
     for fault in &phase2 {
         inject(*fault, &mut procs, &mut broker, pg.as_ref(), &config_path, dir, &mut rng).await;
         say!("fault seed {seed}: {fault:?} done at {:.1}s", started.elapsed().as_secs_f64());
@@ -327,7 +398,7 @@ async fn run_seed(seed: u64) -> bool {
     let ends = h.log_end().await;
     assert_eq!(
         ends.values().sum::<i64>(),
-        rows.len() as i64,
+        (rows.len() + bad_injected) as i64,
         "seed {seed}: the idempotent producer wrote each record once"
     );
     let deadline = Instant::now() + PATIENCE;
@@ -350,6 +421,33 @@ async fn run_seed(seed: u64) -> bool {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // the dead letters: exactly the bad records, in both outputs, each with its reason
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut counts = Vec::new();
+        for consumer in ["speed", "archive"] {
+            let letters = common::dead_letter::read_all(&h.config.archive.root, consumer).unwrap();
+            for l in &letters {
+                let payload = l.payload.as_ref().map(|p| p.as_bytes().to_vec()).unwrap_or_else(|| {
+                    let hex = l.payload_hex.as_deref().unwrap_or_default();
+                    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+                });
+                assert!(BAD_INPUT.contains(&payload.as_slice()), "seed {seed}: {consumer} dead-lettered {l:?}");
+                assert!(!l.reason.trim().is_empty(), "seed {seed}: a dead letter without a reason: {l:?}");
+            }
+            let distinct: std::collections::BTreeSet<(i32, i64)> =
+                letters.iter().map(|l| (l.partition, l.offset)).collect();
+            assert!(distinct.len() <= bad_injected, "seed {seed}: {consumer}: {} dead letters", distinct.len());
+            counts.push((consumer, distinct.len(), letters.len()));
+        }
+        if counts.iter().all(|&(_, distinct, _)| distinct == bad_injected) {
+            say!("fault seed {seed}: dead letters (consumer, records, lines): {counts:?}; {bad_injected} injected");
+            break;
+        }
+        assert!(Instant::now() < deadline, "seed {seed}: dead letters {counts:?}, {bad_injected} injected");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     stop.cancel();
     let (polls, unreachable) = poller.await.unwrap();
     assert!(polls >= 20, "seed {seed}: the poller read the API only {polls} times");

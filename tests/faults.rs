@@ -75,7 +75,7 @@ enum Fault {
     /// The store's PostgreSQL server stops (fast shutdown) for a few seconds, then starts again.
     StoreOutage,
     /// The store's PostgreSQL server stops for longer than the pools' 30 s acquire timeout, so store calls
-    /// fail instead of waiting, and are retried.
+    /// fail instead of waiting, and are retried; a speed member is SIGKILLed and restarted 3 s into it.
     LongStoreOutage,
     /// SIGKILL of the batch scheduler at a seeded instant inside a run (from its start line, a fraction of
     /// how long the last published run took: scan, row writes, the manifest switch or the cleanup), then restart.
@@ -175,7 +175,13 @@ async fn inject(
         Fault::LongStoreOutage => {
             let pg = pg.expect("an outage only on the test's own PostgreSQL");
             pg.run("stop");
-            tokio::time::sleep(Duration::from_secs(36) + pause).await;
+            // a speed member restarted meanwhile must wait for the store (its start, and the other
+            // member's take-over of its partitions, read the store)
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let member = rng.random_range(SPEED_A..=SPEED_B);
+            procs[member].kill9();
+            procs[member].start();
+            tokio::time::sleep(Duration::from_secs(33) + pause).await;
             pg.run("start");
             tokio::time::sleep(Duration::from_secs(6)).await;
         }

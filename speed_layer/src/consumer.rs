@@ -200,7 +200,7 @@ impl SpeedLayer {
             );
             self.seek(partition, start).await?;
         }
-        let sealed_end = self.store.seal_at(self.topic(), partition, start).await?.map(|s| s.end);
+        let sealed_end = self.retry(|| self.store.seal_at(self.topic(), partition, start)).await?.map(|s| s.end);
         info!(partition, start, ?sealed_end, "replaying open segment from the committed offset");
         Ok(PartitionState {
             epoch,
@@ -211,7 +211,7 @@ impl SpeedLayer {
 
     /// The published cutoff of `partition`, if the batch has one.
     async fn published_cutoff(&self, partition: i32) -> Result<Option<i64>> {
-        Ok(self.store.current_manifest().await?.and_then(|m| m.cutoffs.get(&partition).copied()))
+        Ok(self.retry(|| self.store.current_manifest()).await?.and_then(|m| m.cutoffs.get(&partition).copied()))
     }
 
     /// Where a member without a committed offset resumes on the recorded seal chain of `partition` from
@@ -224,8 +224,7 @@ impl SpeedLayer {
     async fn chain_resume(&self, partition: i32, cutoff: Option<i64>) -> Result<Option<i64>> {
         let from = std::collections::BTreeMap::from([(partition, cutoff.unwrap_or(i64::MIN))]);
         let seals: Vec<Seal> = self
-            .store
-            .seals_from(self.topic(), &from)
+            .retry(|| self.store.seals_from(self.topic(), &from))
             .await?
             .into_iter()
             .filter(|s| s.partition == partition)
@@ -357,17 +356,32 @@ impl SpeedLayer {
         common::kafka::seek(&self.consumer, self.topic(), partition, offset).await.map_err(Error::kafka("seek"))
     }
 
+    /// The group's committed offset of `partition`, asked of the group coordinator until it answers (a
+    /// broker restart or a coordinator move is a wait, not a reason to exit; backoff as [`Self::retry`]).
     async fn committed_offset(&self, partition: i32) -> Result<Option<i64>> {
-        let consumer = self.consumer.clone();
-        let topic = self.topic().to_owned();
-        let tpl = tokio::task::spawn_blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&topic, partition);
-            consumer.committed_offsets(tpl, Duration::from_secs(10))
-        })
-        .await
-        .expect("committed_offsets task does not panic")
-        .map_err(Error::kafka("committed offsets"))?;
+        let mut backoff = Duration::from_millis(100);
+        let tpl = loop {
+            let consumer = self.consumer.clone();
+            let topic = self.topic().to_owned();
+            let asked = tokio::task::spawn_blocking(move || {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&topic, partition);
+                consumer.committed_offsets(tpl, Duration::from_secs(10))
+            })
+            .await
+            .expect("committed_offsets task does not panic");
+            match asked {
+                Ok(tpl) => break tpl,
+                Err(e) => {
+                    warn!(partition, error = %e, ?backoff, "reading the committed offset failed; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(Error::Cancelled),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
         Ok(match tpl.find_partition(self.topic(), partition).map(|e| e.offset()) {
             Some(Offset::Offset(n)) => Some(n),
             _ => None,
@@ -493,7 +507,7 @@ impl SpeedLayer {
         Ok(())
     }
 
-    /// Retries a store operation with exponential backoff (100 ms doubling to 5 s) until it succeeds, fails
+    /// Retries a store operation (a read or an idempotent write) with exponential backoff (100 ms doubling to 5 s) until it succeeds, fails
     /// with a non-retryable error, or shutdown is requested.
     async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
@@ -506,7 +520,7 @@ impl SpeedLayer {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
                     metrics::counter!(m::STORE_RETRIES).increment(1);
-                    warn!(error = %e, ?backoff, "store write failed; retrying");
+                    warn!(error = %e, ?backoff, "store call failed; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Err(Error::Cancelled),
                         _ = tokio::time::sleep(backoff) => {}

@@ -167,10 +167,13 @@ pub fn document(views: &ViewSet, auth: bool) -> OpenApi {
                             view.metric_names.iter().flat_map(|m| [m.clone(), format!("{m}:asc"), format!("{m}:desc")]);
                         p.schema = Some(enum_schema(values).into());
                     }
-                    "group_by" => p.description = Some(format!(
-                        "Comma-separated dimensions of {} to group by, each at most once (default: all; empty: none).",
-                        view.dimensions.join(", ")
-                    )),
+                    "group_by" => {
+                        let dimensions = view.dimensions.join(", ");
+                        p.description = Some(format!(
+                            "Comma-separated dimensions of {dimensions} to group by, each at most once (default: \
+                             all; empty: none)."
+                        ));
+                    }
                     _ => {}
                 }
             }

@@ -298,7 +298,9 @@ async fn run(cli: Cli) -> Result<()> {
             lambda::demo::run(config, options, shutdown).await?;
         }
         Command::Speed => {
-            let store = common::store::open_config_waiting(&config.store, &shutdown).await?;
+            let Some(store) = common::store::open_config_waiting(&config.store, &shutdown).await? else {
+                return Ok(());
+            };
             speed_layer::run(config, store, shutdown).await?;
         }
         Command::Archive => batch_layer::archive::archiver::run(config, shutdown).await?,
@@ -325,12 +327,16 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Batch { command: BatchCommand::Schedule { cron } } => {
-            let store = common::store::open_config_waiting(&config.store, &shutdown).await?;
+            let Some(store) = common::store::open_config_waiting(&config.store, &shutdown).await? else {
+                return Ok(());
+            };
             let cron = cron.unwrap_or_else(|| config.batch.cron.clone());
             batch_layer::schedule::run(config, store, &cron, shutdown).await?;
         }
         Command::Serve => {
-            let store = common::store::open_config_waiting(&config.store, &shutdown).await?;
+            let Some(store) = common::store::open_config_waiting(&config.store, &shutdown).await? else {
+                return Ok(());
+            };
             let mirror = (!config.bi.url.is_empty())
                 .then(|| tokio::spawn(serving_layer::mirror::run(config.clone(), store.clone(), shutdown.clone())));
             let served = serving_layer::run(config, store, shutdown.clone()).await;
@@ -342,7 +348,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Mirror => {
             anyhow::ensure!(!config.bi.url.is_empty(), "bi.url is not set: nothing to mirror to");
-            let store = common::store::open_config_waiting(&config.store, &shutdown).await?;
+            let Some(store) = common::store::open_config_waiting(&config.store, &shutdown).await? else {
+                return Ok(());
+            };
             serving_layer::mirror::run(config, store, shutdown).await?;
         }
         Command::Produce { input, brokers, topic, rate, duplicates } => {

@@ -57,17 +57,28 @@ pub async fn run(config: Config, store: Arc<dyn ViewStore>, shutdown: Cancellati
         config,
     };
     loop {
-        tokio::select! {
+        let started = Instant::now();
+        let handled = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => speed.on_tick().await?,
+            _ = tick.tick() => speed.on_tick().await,
             received = consumer.recv() => match received {
-                Ok(message) => {
-                    let message = message.detach();
-                    speed.on_record(message).await?;
+                Ok(message) => speed.on_record(message.detach()).await,
+                Err(e) => {
+                    warn!(error = %e, "kafka consumer error");
+                    Ok(())
                 }
-                Err(e) => warn!(error = %e, "kafka consumer error"),
             },
+        };
+        match handled {
+            Ok(()) => speed.after_handling(started.elapsed()),
+            Err(Error::Cancelled) => {
+                // the store or Kafka is unreachable: a final flush would wait on it too; the open segments
+                // are replayed from the committed offsets on restart (DESIGN.md §4)
+                info!("speed layer stopped while retrying; nothing more written");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
     }
     speed.flush_open_segments().await;
@@ -115,6 +126,17 @@ struct SpeedLayer {
 impl SpeedLayer {
     fn topic(&self) -> &str {
         &self.config.kafka.topic
+    }
+
+    /// After a handler that held the consumer for `took`: if that was `speed.segment_max_idle` or more (a
+    /// store or Kafka call retried through an outage), no partition counts as idle for the time no record
+    /// could be read; otherwise every open segment would seal at its position on the next tick with records
+    /// waiting, and DESIGN.md §4 seals an idle segment only when the consumer is at the log end.
+    fn after_handling(&mut self, took: Duration) {
+        if took >= self.config.speed.segment_max_idle {
+            let now = Instant::now();
+            self.partitions.values_mut().for_each(|state| state.last_record_at = now);
+        }
     }
 
     async fn on_record(&mut self, message: OwnedMessage) -> Result<()> {
@@ -372,7 +394,7 @@ impl SpeedLayer {
             .expect("committed_offsets task does not panic");
             match asked {
                 Ok(tpl) => break tpl,
-                Err(e) => {
+                Err(e) if transient(&e) => {
                     warn!(partition, error = %e, ?backoff, "reading the committed offset failed; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return Err(Error::Cancelled),
@@ -380,6 +402,7 @@ impl SpeedLayer {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+                Err(e) => return Err(Error::Kafka { context: "committed offsets", source: e }),
             }
         };
         Ok(match tpl.find_partition(self.topic(), partition).map(|e| e.offset()) {
@@ -507,8 +530,8 @@ impl SpeedLayer {
         Ok(())
     }
 
-    /// Retries a store operation (a read or an idempotent write) with exponential backoff (100 ms doubling to 5 s) until it succeeds, fails
-    /// with a non-retryable error, or shutdown is requested.
+    /// Retries a store operation (a read or an idempotent write) with exponential backoff (100 ms doubling
+    /// to 5 s) until it succeeds, fails with a non-retryable error, or shutdown is requested.
     async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -531,6 +554,27 @@ impl SpeedLayer {
             }
         }
     }
+}
+
+/// Whether a Kafka error can pass by itself (a broker restarting, the group coordinator moving or loading,
+/// a timeout), so the call is worth repeating; authorization and argument errors are not.
+fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::OperationTimedOut
+                | C::TimedOutQueue
+                | C::RequestTimedOut
+                | C::BrokerNotAvailable
+                | C::NetworkException
+                | C::CoordinatorLoadInProgress
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+        )
+    )
 }
 
 /// The recorded seal chain of one partition from `cutoff` (DESIGN.md §4): `seals` are that partition's

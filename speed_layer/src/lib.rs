@@ -28,8 +28,8 @@ pub enum Error {
     /// The view store or the dead-letter output failed.
     #[error(transparent)]
     Common(#[from] common::Error),
-    /// Shutdown was requested while a write was being retried.
-    #[error("shut down while retrying a store write")]
+    /// Shutdown was requested while a store or Kafka call was being retried.
+    #[error("shut down while retrying a store or Kafka call")]
     Cancelled,
 }
 

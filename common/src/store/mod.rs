@@ -267,24 +267,30 @@ pub async fn open_config(config: &crate::config::StoreConfig) -> Result<Arc<dyn 
 /// [`open_config`] for a long-running service (`lambda speed`, `batch schedule`, `serve`, `mirror`): a store
 /// server that cannot be reached yet (a retryable error, [`crate::Error::is_retryable`], e.g. PostgreSQL still
 /// starting or restarting) is waited for, with a warning per attempt and backoff from 1 s doubling to 30 s.
-/// Other errors return at once; so does the last error when `shutdown` is cancelled while waiting.
+/// Other errors return at once. `None` when `shutdown` is cancelled first (a clean stop: nothing was opened).
 pub async fn open_config_waiting(
     config: &crate::config::StoreConfig,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<Arc<dyn ViewStore>> {
+) -> Result<Option<Arc<dyn ViewStore>>> {
     let mut backoff = std::time::Duration::from_secs(1);
     loop {
-        match open_config(config).await {
+        // a connection attempt can itself wait out the pool's acquire timeout: shutdown does not wait for it
+        let opened = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            opened = open_config(config) => opened,
+        };
+        match opened {
             // a SQLite file that cannot be opened is a mistake to report, not a server to wait for
             Err(e) if e.is_retryable() && !config.url.starts_with("sqlite:") => {
                 tracing::warn!(store = %redact(&config.url), error = %e, ?backoff, "view store unreachable; waiting for it");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Err(e),
+                    _ = shutdown.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
             }
-            opened => return opened,
+            opened => return opened.map(Some),
         }
     }
 }

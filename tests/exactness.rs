@@ -508,8 +508,9 @@ async fn records_deleted_by_retention_before_archiving_are_reported() {
 /// Item 6 (a): events from a transactional producer (a transaction every 37 records) end exact, sealed and
 /// archived to the log end. librdkafka's mock cluster accepts transactions but writes no control records
 /// (its EndTxn handler only answers), so it cannot show the marker offsets themselves: those decisions are
-/// unit-tested (`archive::files::resume_plan`, the idle seal at the position in the speed layer) and the
-/// fault suite runs them against a real broker.
+/// unit-tested (`archive::files::resume_plan`, the idle seal at the position in the speed layer). No real
+/// broker here writes them either: tansu 0.6, the fault suite's broker, has no EndTxn (README "Failure
+/// modes tested"), so marker offsets are not tested end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transactional_producer_ends_exact() {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

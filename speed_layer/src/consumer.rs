@@ -379,32 +379,28 @@ impl SpeedLayer {
     }
 
     /// The group's committed offset of `partition`, asked of the group coordinator until it answers (a
-    /// broker restart or a coordinator move is a wait, not a reason to exit; backoff as [`Self::retry`]).
+    /// broker restart or a coordinator move is a wait, not a reason to exit; [`Self::with_backoff`]).
     async fn committed_offset(&self, partition: i32) -> Result<Option<i64>> {
-        let mut backoff = Duration::from_millis(100);
-        let tpl = loop {
-            let consumer = self.consumer.clone();
-            let topic = self.topic().to_owned();
-            let asked = tokio::task::spawn_blocking(move || {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&topic, partition);
-                consumer.committed_offsets(tpl, Duration::from_secs(10))
-            })
-            .await
-            .expect("committed_offsets task does not panic");
-            match asked {
-                Ok(tpl) => break tpl,
-                Err(e) if transient(&e) => {
-                    warn!(partition, error = %e, ?backoff, "reading the committed offset failed; retrying");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return Err(Error::Cancelled),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(Error::Kafka { context: "committed offsets", source: e }),
+        let ask = || {
+            let (consumer, topic) = (self.consumer.clone(), self.topic().to_owned());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, partition);
+                    consumer.committed_offsets(tpl, Duration::from_secs(10))
+                })
+                .await
+                .expect("committed_offsets task does not panic")
             }
         };
+        let tpl = self
+            .with_backoff(
+                ask,
+                transient,
+                |e, backoff| warn!(partition, error = %e, ?backoff, "reading the committed offset failed; retrying"),
+            )
+            .await
+            .map_err(|e| e.map_or(Error::Cancelled, |source| Error::Kafka { context: "committed offsets", source }))?;
         Ok(match tpl.find_partition(self.topic(), partition).map(|e| e.offset()) {
             Some(Offset::Offset(n)) => Some(n),
             _ => None,
@@ -532,25 +528,44 @@ impl SpeedLayer {
 
     /// Retries a store operation (a read or an idempotent write) with exponential backoff (100 ms doubling
     /// to 5 s) until it succeeds, fails with a non-retryable error, or shutdown is requested.
-    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = common::Result<T>>,
+    {
+        self.with_backoff(op, common::Error::is_retryable, |e, backoff| {
+            metrics::counter!(m::STORE_RETRIES).increment(1);
+            warn!(error = %e, ?backoff, "store call failed; retrying");
+        })
+        .await
+        .map_err(|e| e.map_or(Error::Cancelled, Error::from))
+    }
+
+    /// Repeats `op` while its error is `transient`, after `on_retry` and a backoff of 100 ms doubling to 5 s.
+    /// Errors: `Some(e)` for an error that is not transient, `None` when shutdown is requested meanwhile.
+    async fn with_backoff<T, E, F, Fut>(
+        &self,
+        mut op: F,
+        transient: impl Fn(&E) -> bool,
+        mut on_retry: impl FnMut(&E, Duration),
+    ) -> std::result::Result<T, Option<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, E>>,
     {
         let mut backoff = Duration::from_millis(100);
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() => {
-                    metrics::counter!(m::STORE_RETRIES).increment(1);
-                    warn!(error = %e, ?backoff, "store call failed; retrying");
+                Err(e) if transient(&e) => {
+                    on_retry(&e, backoff);
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return Err(Error::Cancelled),
+                        _ = self.shutdown.cancelled() => return Err(None),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Some(e)),
             }
         }
     }

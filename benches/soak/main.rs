@@ -35,8 +35,14 @@
 //! time rather than data). The report is written first; any failed check then fails the run.
 
 #[allow(dead_code)]
+#[path = "../../tests/support/broker.rs"]
+mod broker;
+#[allow(dead_code)]
 #[path = "../../tests/support/process.rs"]
 mod process;
+#[path = "../../tests/support/tools.rs"]
+mod tools;
+use tools::{external_tool, tool_candidates};
 
 mod cluster;
 mod report;
@@ -57,7 +63,8 @@ use process::Process;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use cluster::{Broker, PARTITIONS, TOPIC};
+use broker::Broker;
+use cluster::{PARTITIONS, TOPIC};
 use report::{MemoryRow, Phase, Report, Series, Totals};
 use traffic::Probes;
 
@@ -221,8 +228,9 @@ async fn soak(a: &Args) -> Result<()> {
     }
 
     // the broker, the store, the configuration, the processes
-    let broker = Broker::start(&dir)?;
-    broker.create_topic().await?;
+    let broker = Broker::start_in(&dir, "soak").context("the soak needs the tansu broker")?;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let broker_pid = broker.pid().context("the broker is running")?;
     let store_url = match std::env::var(common::testing::POSTGRES_ENV) {
         Ok(admin) if !admin.is_empty() => common::store::create_scratch_postgres_database(&admin, "soak").await?,
         _ => format!("sqlite://{}", dir.join("views.db").display()),
@@ -291,7 +299,7 @@ async fn soak(a: &Args) -> Result<()> {
     let state = Arc::new(Mutex::new(Probes::default()));
     let probes = tokio::spawn(traffic::probes(config.kafka.clone(), state.clone(), start, end));
     let poller = tokio::spawn(traffic::poller(api.clone(), state.clone(), end + PATIENCE));
-    let sampler = tokio::spawn(sample_rss(procs.clone(), broker.child.id(), start, end, SAMPLE_EVERY));
+    let sampler = tokio::spawn(sample_rss(procs.clone(), broker_pid, start, end, SAMPLE_EVERY));
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut kills: Vec<(f64, usize)> = Vec::new();
     let mut next_kill = start + FIRST_KILL;
@@ -353,8 +361,7 @@ async fn soak(a: &Args) -> Result<()> {
     say!("soak: holding for {} s without production", a.hold);
     let hold_start = Instant::now();
     let hold_end = hold_start + Duration::from_secs_f64(a.hold);
-    let hold_sampler =
-        tokio::spawn(sample_rss(procs.clone(), broker.child.id(), hold_start, hold_end, HOLD_SAMPLE_EVERY));
+    let hold_sampler = tokio::spawn(sample_rss(procs.clone(), broker_pid, hold_start, hold_end, HOLD_SAMPLE_EVERY));
     while Instant::now() < hold_end {
         check_running(&procs);
         traffic::total_count(&http, &api, Some("probe")).await;

@@ -49,7 +49,8 @@ impl Broker {
             .current_dir(&self.dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://tansu.db"])
-            .env("RUST_LOG", "warn")
+            // the group coordinator's joins and evictions, to read a rebalance after the fact
+            .env("RUST_LOG", "warn,tansu_broker::coordinator::group=info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -73,6 +74,11 @@ impl Broker {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// The running broker's process id (`None` while it is down).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {
